@@ -1,0 +1,2 @@
+"""Break-A-Scene engine on diffusers + transformers (never imports ComfyUI)."""
+__version__ = "0.1.0"

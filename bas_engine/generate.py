@@ -1,0 +1,70 @@
+"""Generation with a concept pack on a diffusers Stable Diffusion pipeline."""
+from __future__ import annotations
+
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+from .lora import lora_deltas
+from .models import SDComponents, detect_family, model_fingerprint
+from .pack import ConceptPack, check_compatible
+from .errors import PackError
+
+
+def build_pipeline(components: SDComponents) -> StableDiffusionPipeline:
+    """A StableDiffusionPipeline on the components (shares their modules) with a DDIM sampler."""
+    scheduler = DDIMScheduler.from_config(components.noise_scheduler.config)
+    pipe = StableDiffusionPipeline(
+        vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
+        unet=components.unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def apply_pack(pipe: StableDiffusionPipeline, pack: ConceptPack, scale: float = 1.0,
+               strict: bool = False) -> list[str]:
+    """Add the pack's handles to the pipeline's tokenizer/text encoder and merge its weights in place.
+
+    LoRA is merged as W += scale * (alpha/r) * up @ down; full-mode deltas as W += scale * delta.
+    Returns compatibility warnings (other base weights of the same family).
+    """
+    family = detect_family(pipe.unet)
+    warnings = check_compatible(pack, family, model_fingerprint(pipe.unet, pipe.text_encoder), strict)
+    vectors = pack.handles.get(_encoder_name(family)) if len(pack.handles) > 1 else next(iter(pack.handles.values()))
+    if vectors is None:
+        raise PackError(f"concept pack has no handles for the {family} text encoder")
+    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+    if any(t in tokenizer.get_vocab() for t in pack.tokens):
+        raise PackError(f"the pipeline already has tokens {pack.tokens}; apply a pack once per pipeline")
+    tokenizer.add_tokens(pack.tokens)
+    encoder.resize_token_embeddings(len(tokenizer))
+    ids = tokenizer.convert_tokens_to_ids(pack.tokens)
+    weight = encoder.get_input_embeddings().weight
+    weight[ids] = vectors.to(weight.device, weight.dtype)
+    modules = {"unet": pipe.unet, "text_encoder": encoder}
+    for prefix, module in modules.items():
+        for path, delta in lora_deltas(pack.lora, prefix).items():
+            target = module.get_submodule(path).weight
+            target += scale * delta.to(target.device, target.dtype)
+    for key, delta in pack.deltas.items():
+        prefix, _, name = key.partition(".")
+        target = modules[prefix].get_parameter(name)
+        target += scale * delta.to(target.device, target.dtype)
+    return warnings
+
+
+def _encoder_name(family: str) -> str:
+    from .models import ENCODER_BY_FAMILY
+
+    return ENCODER_BY_FAMILY[family]
+
+
+def generate(pipe: StableDiffusionPipeline, prompt: str, *, num_images: int = 1, steps: int = 30,
+             guidance_scale: float = 7.5, seed: int = 0, height: int | None = None, width: int | None = None,
+             negative_prompt: str | None = None):
+    """PIL images for `prompt` (handles written as their tokens, e.g. "<asset0> on a beach")."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return pipe(prompt, num_images_per_prompt=num_images, num_inference_steps=steps,
+                guidance_scale=guidance_scale, generator=generator, height=height, width=width,
+                negative_prompt=negative_prompt).images

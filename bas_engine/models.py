@@ -1,0 +1,121 @@
+"""Model loading: the diffusers modules the method trains, wherever they come from."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from .errors import ModelError
+
+#: cross-attention context width -> model family (the text encoder decides the family)
+FAMILY_BY_CONTEXT = {768: "sd1", 1024: "sd2"}
+#: text-encoder name per family, as ComfyUI and the pack format call it
+ENCODER_BY_FAMILY = {"sd1": "clip_l", "sd2": "clip_h"}
+
+
+@dataclass
+class SDComponents:
+    """One Stable-Diffusion-family model as diffusers/transformers modules."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    noise_scheduler: DDPMScheduler
+    family: str
+
+    @property
+    def prediction_type(self) -> str:
+        return self.noise_scheduler.config.prediction_type
+
+    @property
+    def encoder_name(self) -> str:
+        return ENCODER_BY_FAMILY[self.family]
+
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.unet, self.text_encoder)
+
+
+def detect_family(unet: UNet2DConditionModel) -> str:
+    """Name the model family from the UNet's cross-attention width; anything else is a clear error."""
+    context = unet.config.cross_attention_dim
+    if isinstance(context, (list, tuple)):
+        context = context[0]
+    if getattr(unet.config, "addition_embed_type", None) == "text_time":
+        raise ModelError("this is an SDXL model; Break-A-Scene here supports SD1.x and SD2.x only")
+    family = FAMILY_BY_CONTEXT.get(int(context))
+    if family is None:
+        # Small test models are SD1-like: one CLIP text encoder, epsilon or v.
+        family = "sd1"
+    return family
+
+
+def model_fingerprint(unet: torch.nn.Module, text_encoder: torch.nn.Module, samples: int = 4096) -> str:
+    """A short hash of the base weights that does not depend on dtype, device or key naming order.
+
+    It hashes every tensor's shape and a strided sample of its values rounded to fp16, so the same
+    weights loaded in fp32 (diffusers) or fp16 (ComfyUI) give the same fingerprint.
+    """
+    digest = hashlib.sha256()
+    for module in (unet, text_encoder):
+        for name, tensor in sorted(module.state_dict().items()):
+            if name.endswith("position_ids"):
+                continue
+            flat = tensor.detach().reshape(-1)
+            stride = max(1, flat.numel() // samples)
+            sample = flat[::stride][:samples].to("cpu", torch.float16)
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_model(path: str, tokenizer_dir: str | None = None, prediction_type: str | None = None,
+               dtype: torch.dtype = torch.float32) -> SDComponents:
+    """Load a diffusers model folder, or an original single-file SD1.x/SD2.x checkpoint, without the hub."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelError(f"model {path!r} does not exist")
+    if os.path.isfile(path):
+        from .ldm import load_single_file
+
+        if tokenizer_dir is None:
+            raise ModelError(f"model {path!r} is a single file: name a tokenizer folder (tokenizer_dir / --tokenizer)")
+        components = load_single_file(path, tokenizer_dir, prediction_type=prediction_type)
+        return _to_dtype(components, dtype)
+    if not os.path.isfile(os.path.join(path, "model_index.json")):
+        raise ModelError(f"model {path!r} is neither a diffusers folder (no model_index.json) nor a checkpoint file")
+    try:
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)
+        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", local_files_only=True)
+        tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir or os.path.join(path, "tokenizer"),
+                                                  local_files_only=True)
+        scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        raise ModelError(f"model {path!r} could not be loaded: {exc}") from exc
+    if prediction_type is not None:
+        scheduler = DDPMScheduler.from_config(scheduler.config, prediction_type=prediction_type)
+    components = SDComponents(unet, vae, text_encoder, tokenizer, scheduler, detect_family(unet))
+    return _to_dtype(components, dtype)
+
+
+def _to_dtype(components: SDComponents, dtype: torch.dtype) -> SDComponents:
+    for module in (components.unet, components.vae, components.text_encoder):
+        module.to(dtype=dtype)
+    return components
+
+
+def save_model(components: SDComponents, path: str) -> None:
+    """Write the components as a diffusers folder (used by tests, the toy world and the CLI demo)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
+        unet=components.unet, scheduler=components.noise_scheduler, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(path, safe_serialization=True)

@@ -1,0 +1,180 @@
+"""The concept pack: one .safetensors file holding everything a trained scene needs, and its exporters."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .errors import PackError
+from .fileio import save_safetensors_atomic
+
+FORMAT_NAME = "break-a-scene-concept-pack"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ConceptPack:
+    """Trained handles plus phase-2 weights, and what they were trained on."""
+
+    tokens: list[str]                        # "<asset0>", ...
+    names: list[str]                         # concept names, same order
+    initializers: list[str | None]
+    handles: dict[str, torch.Tensor]         # text-encoder name -> (N, dim)
+    mode: str                                # "lora" | "full"
+    lora: dict[str, torch.Tensor] = field(default_factory=dict)    # see bas_engine.lora.lora_state_dict
+    deltas: dict[str, torch.Tensor] = field(default_factory=dict)  # "unet.<param>" -> trained - base
+    meta: dict = field(default_factory=dict)  # family, prediction_type, fingerprint, settings, losses
+
+    @property
+    def family(self) -> str:
+        return self.meta.get("family", "")
+
+    def token_for(self, handle: str) -> str:
+        """'<asset0>', 'asset0', '<figurine>' or 'figurine' -> the pack's token; PackError lists the known ones."""
+        bare = handle.strip().strip("<>")
+        for token, name in zip(self.tokens, self.names):
+            if bare in (token.strip("<>"), name):
+                return token
+        known = ", ".join(f"{t} ({n})" for t, n in zip(self.tokens, self.names))
+        raise PackError(f"unknown handle {handle!r}; this pack knows {known}")
+
+
+def save_pack(pack: ConceptPack, path: str | os.PathLike) -> None:
+    """Write the pack atomically (never pickle): tensors plus JSON metadata in the safetensors header."""
+    tensors = {f"handles.{enc}": vec.float() for enc, vec in pack.handles.items()}
+    tensors.update({f"lora.{k}": v for k, v in pack.lora.items()})
+    tensors.update({f"delta.{k}": v for k, v in pack.deltas.items()})
+    header = {"tokens": pack.tokens, "names": pack.names, "initializers": pack.initializers,
+              "mode": pack.mode, **pack.meta}
+    metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "bas": json.dumps(header)}
+    save_safetensors_atomic(tensors, path, metadata)
+
+
+def load_pack(path: str | os.PathLike) -> ConceptPack:
+    """Read and validate a pack; PackError says what is wrong (missing, truncated, other format…)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise PackError(f"concept pack {path!r} does not exist")
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise PackError(f"concept pack {path!r} is truncated or not a safetensors file ({exc})") from exc
+    if metadata.get("format") != FORMAT_NAME:
+        raise PackError(f"{path!r} is a safetensors file but not a Break-A-Scene concept pack "
+                        "(a LoRA or embedding file? load those with LoraLoader / embedding:)")
+    version = metadata.get("format_version")
+    if version != str(FORMAT_VERSION):
+        raise PackError(f"concept pack {path!r} has format version {version}; this version reads "
+                        f"version {FORMAT_VERSION} — update the node pack")
+    try:
+        header = json.loads(metadata["bas"])
+        tokens, names, initializers, mode = (header.pop(k) for k in ("tokens", "names", "initializers", "mode"))
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise PackError(f"concept pack {path!r} has damaged metadata ({exc})") from exc
+    handles = {k[len("handles."):]: v for k, v in tensors.items() if k.startswith("handles.")}
+    pack = ConceptPack(tokens, names, initializers, handles, mode,
+                       lora={k[5:]: v for k, v in tensors.items() if k.startswith("lora.")},
+                       deltas={k[6:]: v for k, v in tensors.items() if k.startswith("delta.")},
+                       meta=header)
+    validate_pack(pack, path)
+    return pack
+
+
+def validate_pack(pack: ConceptPack, where: str = "concept pack") -> None:
+    """Check the pack is self-consistent; PackError names the part that is not."""
+    count = len(pack.tokens)
+    if count == 0 or len(pack.names) != count or len(pack.initializers) != count:
+        raise PackError(f"{where}: tokens, names and initializers disagree in number")
+    if not pack.handles:
+        raise PackError(f"{where}: holds no handle vectors")
+    for encoder, vectors in pack.handles.items():
+        if vectors.ndim != 2 or vectors.shape[0] != count:
+            raise PackError(f"{where}: handles for {encoder} have shape {tuple(vectors.shape)}, "
+                            f"expected ({count}, dim)")
+    if pack.mode not in ("lora", "full"):
+        raise PackError(f"{where}: unknown mode {pack.mode!r}")
+    if pack.mode == "lora" and not pack.lora:
+        raise PackError(f"{where}: a LoRA pack without LoRA weights")
+
+
+def check_compatible(pack: ConceptPack, family: str, fingerprint: str | None = None,
+                     strict: bool = False) -> list[str]:
+    """Refuse a pack trained on another model family; with `strict`, also on other base weights.
+
+    Returns warnings (other weights of the same family still work, as LoRAs do, but less faithfully).
+    """
+    if pack.family and pack.family != family:
+        raise PackError(f"concept pack was trained on a {pack.family} model, but the model given is {family}")
+    warnings = []
+    trained_on = pack.meta.get("fingerprint")
+    if fingerprint and trained_on and fingerprint != trained_on:
+        message = (f"concept pack was trained on base weights {trained_on}, the model given is {fingerprint}; "
+                   "the handles may not reproduce the concepts faithfully")
+        if strict:
+            raise PackError(message)
+        warnings.append(message)
+    return warnings
+
+
+def _kohya_name(prefix: str, path: str) -> str:
+    return f"{prefix}_{path.replace('.', '_')}"
+
+
+def export_kohya_lora(pack: ConceptPack) -> dict[str, torch.Tensor]:
+    """The pack's LoRA in kohya keys (lora_unet_…, lora_te_text_model_…) with the true alpha.
+
+    ComfyUI's LoraLoader, diffusers' load_lora_weights and A1111 all read this layout.
+    """
+    if pack.mode != "lora":
+        raise PackError("only LoRA packs export as a LoRA file; this pack was trained in full mode")
+    out = {}
+    for key, value in pack.lora.items():
+        model, _, rest = key.partition(".")
+        path, _, part = rest.rpartition(".")
+        if model == "unet":
+            base = _kohya_name("lora_unet", path)
+        elif model == "text_encoder":
+            base = _kohya_name("lora_te", "text_model." + path)
+        else:
+            raise PackError(f"unexpected LoRA key {key!r} in pack")
+        name = {"lora_down": "lora_down.weight", "lora_up": "lora_up.weight", "alpha": "alpha"}[part]
+        out[f"{base}.{name}"] = value.to(torch.float16) if part != "alpha" else value.float()
+    return out
+
+
+def embedding_file_stem(pack_name: str, concept_name: str) -> str:
+    """File stem for one exported handle, used in prompts as `embedding:<stem>`."""
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", f"{pack_name}_{concept_name}")
+
+
+def export_embeddings(pack: ConceptPack, encoder: str | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """{concept name: single-key state dict} — key is the token, value (1, dim).
+
+    One key per file is what both ComfyUI's `embedding:` loader and diffusers' load_textual_inversion read.
+    """
+    encoder = encoder or next(iter(pack.handles))
+    vectors = pack.handles[encoder]
+    return {name: {token: vectors[i:i + 1].float().contiguous()}
+            for i, (token, name) in enumerate(zip(pack.tokens, pack.names))}
+
+
+def write_exports(pack: ConceptPack, pack_name: str, lora_path: str | None,
+                  embeddings_dir: str | None) -> list[str]:
+    """Write the kohya LoRA and one embedding file per handle, atomically; return the paths written."""
+    written = []
+    if lora_path:
+        save_safetensors_atomic(export_kohya_lora(pack), lora_path, {"ss_network_dim": str(pack.meta.get(
+            "settings", {}).get("lora_rank", "")), "bas_tokens": json.dumps(pack.tokens)})
+        written.append(lora_path)
+    if embeddings_dir:
+        for name, state in export_embeddings(pack).items():
+            target = os.path.join(embeddings_dir, embedding_file_stem(pack_name, name) + ".safetensors")
+            save_safetensors_atomic(state, target)
+            written.append(target)
+    return written

@@ -1,0 +1,186 @@
+"""Scene input: one image, one loose (soft) mask per concept, concept names and initializer words."""
+from __future__ import annotations
+
+import glob
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InputError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+@dataclass
+class Scene:
+    """One picture with N concepts; `masks[i]` belongs to `names[i]`."""
+
+    image: torch.Tensor                      # (3, H, W) float32 in [0, 1]
+    masks: torch.Tensor                      # (N, H, W) float32 in [0, 1], soft
+    names: list[str]
+    initializers: list[str | None] = field(default_factory=list)
+
+    @property
+    def num_concepts(self) -> int:
+        return self.masks.shape[0]
+
+    def fingerprint(self) -> str:
+        """Hash of pixels, masks, names and initializers: the same scene gives the same string."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        digest.update((self.image * 255).round().to(torch.uint8).numpy().tobytes())
+        digest.update((self.masks * 255).round().to(torch.uint8).numpy().tobytes())
+        digest.update(repr((self.names, self.initializers)).encode())
+        return digest.hexdigest()[:16]
+
+
+def _open_image(source: Any, what: str) -> Image.Image:
+    try:
+        image = Image.open(source)
+        image.load()
+        return image
+    except FileNotFoundError as exc:
+        raise InputError(f"{what}: file {source!r} does not exist") from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"{what}: file {source!r} is not a readable image ({exc})") from exc
+
+
+def image_to_tensor(image: Any, what: str = "image") -> torch.Tensor:
+    """PIL image, path, HWC/CHW numpy or torch array (uint8 or float in [0, 1]) -> (3, H, W) float32."""
+    if isinstance(image, (str, os.PathLike)):
+        image = _open_image(image, what)
+    if isinstance(image, Image.Image):
+        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    tensor = torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image).detach().cpu()
+    if tensor.ndim == 4 and tensor.shape[0] == 1:
+        tensor = tensor[0]
+    if tensor.ndim != 3:
+        raise InputError(f"{what}: expected an image of shape HxWx3 or 3xHxW, got shape {tuple(tensor.shape)}")
+    if tensor.shape[-1] in (3, 4) and tensor.shape[0] not in (3, 4):
+        tensor = tensor.permute(2, 0, 1)
+    if tensor.shape[0] == 4:
+        tensor = tensor[:3]
+    if tensor.shape[0] != 3:
+        raise InputError(f"{what}: expected 3 colour channels, got shape {tuple(tensor.shape)}")
+    tensor = tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
+    if tensor.min() < -1e-3 or tensor.max() > 1 + 1e-3:
+        raise InputError(f"{what}: float pixel values must lie in [0, 1], got [{tensor.min():.3g}, {tensor.max():.3g}]")
+    return tensor.clamp(0, 1).contiguous()
+
+
+def mask_to_tensor(mask: Any, what: str) -> torch.Tensor:
+    """A mask from a file, PIL image, numpy or torch array -> (H, W) float32 in [0, 1].
+
+    Colour masks are read from their luminance; when the RGB is constant but alpha varies (a cut-out
+    painted in an editor), the mask is the alpha channel. Soft values are kept.
+    """
+    if isinstance(mask, (str, os.PathLike)):
+        mask = _open_image(mask, what)
+    if isinstance(mask, Image.Image):
+        if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
+            rgba = np.asarray(mask.convert("RGBA"), dtype=np.float32) / 255.0
+            rgb, alpha = rgba[..., :3], rgba[..., 3]
+            if np.ptp(rgb) < 1e-6 and np.ptp(alpha) > 0:
+                array = alpha
+            else:
+                array = _luminance(rgb)
+        else:
+            array = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
+        return torch.from_numpy(np.ascontiguousarray(array))
+    tensor = torch.as_tensor(np.asarray(mask) if not torch.is_tensor(mask) else mask).detach().cpu()
+    if tensor.dtype == torch.bool:
+        tensor = tensor.float()
+    elif tensor.dtype == torch.uint8:
+        tensor = tensor.float() / 255.0
+    else:
+        tensor = tensor.float()
+    if tensor.ndim == 3 and tensor.shape[0] == 1:
+        tensor = tensor[0]
+    if tensor.ndim == 3 and tensor.shape[-1] in (3, 4):
+        tensor = torch.from_numpy(_luminance(tensor[..., :3].numpy()))
+    if tensor.ndim != 2:
+        raise InputError(f"{what}: expected a single-channel mask of shape HxW, got shape {tuple(tensor.shape)}")
+    if tensor.min() < -1e-3 or tensor.max() > 1 + 1e-3:
+        raise InputError(f"{what}: mask values must lie in [0, 1], got [{tensor.min():.3g}, {tensor.max():.3g}]")
+    return tensor.clamp(0, 1).contiguous()
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    return (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114).astype(np.float32)
+
+
+def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize (N, H, W) soft masks to `size` by area averaging (bilinear when enlarging)."""
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks
+    shrinking = size[0] <= masks.shape[-2] and size[1] <= masks.shape[-1]
+    mode = "area" if shrinking else "bilinear"
+    kwargs = {} if mode == "area" else {"align_corners": False}
+    return F.interpolate(masks[:, None].float(), size=size, mode=mode, **kwargs)[:, 0].clamp(0, 1)
+
+
+def default_names(count: int) -> list[str]:
+    return [f"asset{i}" for i in range(count)]
+
+
+def load_scene(image: Any, masks: Sequence[Any] | torch.Tensor, names: Sequence[str] | None = None,
+               initializers: Sequence[str | None] | None = None) -> Scene:
+    """Build a validated Scene; masks of another size are resized to the image."""
+    image_t = image_to_tensor(image, "image")
+    if masks is None or len(masks) == 0:
+        raise InputError("masks: a scene needs at least one mask (one per concept), got none")
+    height, width = image_t.shape[-2:]
+    mask_list = []
+    for i, mask in enumerate(masks):
+        m = mask_to_tensor(mask, f"mask {i}")
+        m = resize_masks(m[None], (height, width))[0]
+        if float(m.max()) <= 1e-3:
+            raise InputError(f"mask {i}: the mask is empty (all zero); paint the concept's region white")
+        mask_list.append(m)
+    count = len(mask_list)
+    names = list(names) if names is not None else default_names(count)
+    if len(names) != count:
+        raise InputError(f"names: got {len(names)} concept names for {count} masks; give one name per mask")
+    for name in names:
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise InputError(f"names: concept name {name!r} must be letters, digits, '_' or '-' only")
+    if len(set(names)) != len(names):
+        raise InputError(f"names: concept names must be distinct, got {names}")
+    initializers = list(initializers) if initializers is not None else [None] * count
+    if len(initializers) != count:
+        raise InputError(f"initializers: got {len(initializers)} initializer words for {count} masks; "
+                         "give one per mask (an empty entry means none)")
+    initializers = [(w.strip() or None) if isinstance(w, str) else None for w in initializers]
+    return Scene(image_t, torch.stack(mask_list), names, initializers)
+
+
+def load_scene_dir(path: str | os.PathLike, names: Sequence[str] | None = None,
+                   initializers: Sequence[str | None] | None = None) -> Scene:
+    """Load a folder holding `img.*` and `mask0.png`, `mask1.png`, … (the official examples' layout)."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise InputError(f"scene folder {path!r} does not exist or is not a folder")
+    images = [p for p in sorted(glob.glob(os.path.join(path, "img.*"))) if p.lower().endswith(IMAGE_EXTENSIONS)]
+    if not images:
+        raise InputError(f"scene folder {path!r} has no image named img.jpg / img.png")
+    mask_files = {}
+    for p in glob.glob(os.path.join(path, "mask*.*")):
+        match = re.fullmatch(r"mask(\d+)\.\w+", os.path.basename(p))
+        if match and p.lower().endswith(IMAGE_EXTENSIONS):
+            mask_files[int(match.group(1))] = p
+    if not mask_files:
+        raise InputError(f"scene folder {path!r} has no masks named mask0.png, mask1.png, …")
+    expected = list(range(len(mask_files)))
+    if sorted(mask_files) != expected:
+        raise InputError(f"scene folder {path!r}: mask numbers must run 0..{len(mask_files) - 1} "
+                         f"without gaps, found {sorted(mask_files)}")
+    return load_scene(images[0], [mask_files[i] for i in expected], names, initializers)
