@@ -14,6 +14,7 @@ from .fileio import save_safetensors_atomic
 
 FORMAT_NAME = "break-a-scene-concept-pack"
 FORMAT_VERSION = 1
+_HANDLE_RE = re.compile(r"<[A-Za-z0-9_\-]+>")
 
 
 @dataclass
@@ -41,6 +42,13 @@ class ConceptPack:
                 return token
         known = ", ".join(f"{t} ({n})" for t, n in zip(self.tokens, self.names))
         raise PackError(f"unknown handle {handle!r}; this pack knows {known}")
+
+    def rewrite_prompt(self, prompt: str) -> str:
+        """Write every `<handle>` of the prompt as the pack's token: `<figurine>` -> `<asset0>`.
+
+        Anything in angle brackets that is not a handle of this pack is an error listing the known ones.
+        """
+        return _HANDLE_RE.sub(lambda m: self.token_for(m.group(0)), prompt)
 
 
 def save_pack(pack: ConceptPack, path: str | os.PathLike) -> None:

@@ -109,3 +109,19 @@ def sd15_shaped_components(seed: int = 0, prediction_type: str = "epsilon") -> S
     for module in (unet, vae, text_encoder):
         module.eval()
     return SDComponents(unet, vae, text_encoder, tokenizer, scheduler, detect_family(unet))
+
+
+def synthetic_scene(size: int = 128, concepts: int = 3, seed: int = 0):
+    """A smooth random picture with `concepts` soft elliptical masks, made in code (no files)."""
+    from .scene import load_scene
+
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=generator), size=(size, size),
+                                            mode="bicubic", align_corners=False)[0].clamp(0, 1)
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    masks = []
+    for i in range(concepts):
+        cx, cy = (i + 0.5) / concepts, 0.35 + 0.3 * ((i % 2) == 1)
+        distance = ((xs - cx) / (0.45 / concepts)) ** 2 + ((ys - cy) / 0.22) ** 2
+        masks.append((1.5 - distance).clamp(0, 1))
+    return load_scene(image, masks)

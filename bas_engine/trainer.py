@@ -112,18 +112,11 @@ class TrainingRun:
         for phase, steps in ((1, config.phase1_steps), (2, config.phase2_steps)):
             if steps == 0:
                 continue
-            optimizer = self._optimizer(phase)
+            optimizer = self.start_phase(phase)
             for step in range(1, steps + 1):
                 callbacks.check_cancel()
                 draws = self.sampler.draw_batch(config.batch_size)
-                losses = self.training_step(draws)
-                self.scaler.scale(losses["loss"]).backward()
-                self.scaler.unscale_(optimizer)
-                params = [p for group in optimizer.param_groups for p in group["params"]]
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                self.scaler.step(optimizer)
-                self.scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+                losses = self.optimize(optimizer, draws)
                 done += 1
                 self._record(phase, losses)
                 if callbacks.on_progress:
@@ -134,7 +127,19 @@ class TrainingRun:
             del optimizer
         return self._pack()
 
-    def _optimizer(self, phase: int) -> torch.optim.Optimizer:
+    def optimize(self, optimizer: torch.optim.Optimizer, draws) -> dict[str, torch.Tensor]:
+        """One optimisation step: losses, backward, gradient clipping, update."""
+        losses = self.training_step(draws)
+        self.scaler.scale(losses["loss"]).backward()
+        self.scaler.unscale_(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return losses
+
+    def start_phase(self, phase: int) -> torch.optim.Optimizer:
         """Phase 1: the handle vectors. Phase 2: the handles (slowly) and the denoiser's weights."""
         config = self.config
         handles = self.handles.vectors
@@ -144,7 +149,10 @@ class TrainingRun:
         else:
             groups = [{"params": [handles], "lr": config.phase2_handle_lr},
                       {"params": self._phase2_parameters(), "lr": config.denoiser_lr}]
-        return _adamw(groups, config.weight_decay, self.device)
+        return self.make_optimizer(groups)
+
+    def make_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        return _adamw(groups, self.config.weight_decay, self.device)
 
     def _phase2_parameters(self) -> list[torch.nn.Parameter]:
         c, config = self.c, self.config

@@ -1,0 +1,196 @@
+"""`bas bench`: seconds per step and peak memory of this engine vs an official-equivalent configuration.
+
+"Official-equivalent" runs the same code with the official recipe's costs put back: every attention
+probability of every layer computed and kept (classic attention instead of SDPA), the VAE encoding the
+image every step, plain AdamW, a full fine-tune of UNet and text encoder in phase 2, fp32. Timing runs
+both configurations in one process with their steps interleaved (same model weights, same seed); peak
+memory is measured in a separate process per configuration, so one cannot inflate the other's figure.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from .attention import AttentionStore
+from .config import TrainConfig
+from .latents import CachedPosterior
+from .trainer import TrainingRun
+
+PRESET_RESOLUTION = {"tiny": 64, "sd15": 512}
+
+
+class KeepAllProbsProcessor:
+    """Classic attention (explicit softmax(QK^T)) that keeps every probability tensor, as the official
+    AttentionStore does; the selected layers also fill the capture store for the attention loss."""
+
+    def __init__(self, kept: list, store: AttentionStore, name: str, selected: bool):
+        self.kept, self.store, self.name, self.selected = kept, store, name, selected
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *a, **k):
+        batch = hidden_states.shape[0]
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        key, value = attn.head_to_batch_dim(attn.to_k(context)), attn.head_to_batch_dim(attn.to_v(context))
+        probs = attn.get_attention_scores(query, key, None)                 # (B*heads, HW, L)
+        self.kept.append(probs)
+        columns = self.store.columns
+        if self.selected and columns is not None and encoder_hidden_states is not None:
+            per_head = probs.view(batch, attn.heads, *probs.shape[1:])[:columns.shape[0]]
+            index = columns[:, None, None, :].expand(-1, attn.heads, per_head.shape[2], -1)
+            self.store.maps[self.name] = per_head.gather(-1, index).float().mean(1)
+        out = attn.batch_to_head_dim(torch.bmm(probs, value))
+        return attn.to_out[1](attn.to_out[0](out)) / attn.rescale_output_factor
+
+
+class OfficialEquivalentRun(TrainingRun):
+    """TrainingRun with the official implementation's costs (see the module docstring)."""
+
+    def __enter__(self) -> "OfficialEquivalentRun":
+        super().__enter__()
+        self.kept: list[torch.Tensor] = []
+        unet = self.c.unet
+        unet.set_attn_processor({
+            name: KeepAllProbsProcessor(self.kept, self.capture.store, name, name in self.capture.layers)
+            for name in unet.attn_processors})
+        return self
+
+    def make_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(groups, weight_decay=self.config.weight_decay, foreach=False, fused=False)
+
+    def training_step(self, draws):
+        self.kept.clear()
+        image = self.scene_t.image[None] * 2 - 1
+        # The official data loader hands pixels to the VAE every step.
+        self.scene_t.posteriors = (CachedPosterior.encode(self.c.vae, image),
+                                   CachedPosterior.encode(self.c.vae, image.flip(-1)))
+        return super().training_step(draws)
+
+
+def configurations(device: torch.device) -> dict[str, tuple[type, TrainConfig]]:
+    engine = dict(mode="lora", mixed_precision="no")
+    official = dict(mode="full", train_text_encoder=True, mixed_precision="no")
+    configs = {"engine": (TrainingRun, engine), "official-equivalent": (OfficialEquivalentRun, official)}
+    if device.type == "cuda":
+        configs = {"engine-bf16": (TrainingRun, dict(engine, mixed_precision="bf16")), **configs}
+    return configs
+
+
+def _components(preset: str):
+    from .testing import sd15_shaped_components, tiny_components
+
+    return tiny_components(seed=0) if preset == "tiny" else sd15_shaped_components(seed=0)
+
+
+def _timed_step(run: TrainingRun, optimizer, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    run.optimize(optimizer, run.sampler.draw_batch(run.config.batch_size))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def time_interleaved(preset: str, resolution: int, steps: int, device: torch.device) -> dict[str, dict]:
+    """s/step per phase for every configuration, steps interleaved in one process."""
+    from .testing import synthetic_scene
+
+    scene = synthetic_scene(size=max(resolution, 64))
+    base = _components(preset)
+    runs = {}
+    for name, (cls, overrides) in configurations(device).items():
+        config = TrainConfig(phase1_steps=steps, phase2_steps=steps, resolution=resolution, seed=0, **overrides)
+        runs[name] = cls(copy.deepcopy(base), scene, config, device).__enter__()
+    del base
+    timings = {name: {} for name in runs}
+    try:
+        for phase in (1, 2):
+            optimizers = {name: run.start_phase(phase) for name, run in runs.items()}
+            for name, run in runs.items():  # warm-up step, not timed
+                _timed_step(run, optimizers[name], device)
+            samples = {name: [] for name in runs}
+            for _ in range(steps):
+                for name, run in runs.items():
+                    samples[name].append(_timed_step(run, optimizers[name], device))
+            for name in runs:
+                ordered = sorted(samples[name])
+                timings[name][f"phase{phase}_s_per_step"] = ordered[len(ordered) // 2]
+            del optimizers
+    finally:
+        for run in runs.values():
+            run.__exit__(None, None, None)
+    return timings
+
+
+def peak_memory_worker(preset: str, resolution: int, name: str, device_name: str) -> int:
+    """Run two steps of each phase of one configuration; return its peak memory in bytes."""
+    from .testing import synthetic_scene
+
+    device = torch.device(device_name)
+    cls, overrides = configurations(device)[name]
+    config = TrainConfig(phase1_steps=2, phase2_steps=2, resolution=resolution, seed=0, **overrides)
+    components, scene = _components(preset), synthetic_scene(size=max(resolution, 64))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    # On the CPU the figure is the peak resident memory above what the loaded model already held.
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with cls(components, scene, config, device) as run:
+        for phase in (1, 2):
+            optimizer = run.start_phase(phase)
+            for _ in range(2):
+                run.optimize(optimizer, run.sampler.draw_batch(1))
+            del optimizer
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+
+
+def peak_memory(preset: str, resolution: int, device: torch.device) -> dict[str, int]:
+    peaks = {}
+    for name in configurations(device):
+        out = subprocess.run([sys.executable, "-m", "bas_engine.bench", "--worker", name, preset,
+                              str(resolution), str(device)], capture_output=True, text=True, check=True)
+        peaks[name] = int(out.stdout.strip().splitlines()[-1])
+    return peaks
+
+
+def run_benchmark(preset: str, resolution: int | None, steps: int, device: str) -> dict:
+    """Print a table and one JSON line; return the figures."""
+    device = torch.device(device)
+    resolution = resolution or PRESET_RESOLUTION[preset]
+    timings = time_interleaved(preset, resolution, steps, device)
+    peaks = peak_memory(preset, resolution, device)
+    memory_kind = ("cuda max_memory_allocated" if device.type == "cuda"
+                   else "peak RSS above the loaded model (separate process per configuration)")
+    print(f"preset={preset} resolution={resolution} device={device} timed steps/phase={steps} "
+          f"(median; interleaved) memory={memory_kind}")
+    print(f"{'configuration':<22}{'phase1 s/step':>15}{'phase2 s/step':>15}{'peak MiB':>12}")
+    for name, t in timings.items():
+        print(f"{name:<22}{t['phase1_s_per_step']:>15.4f}{t['phase2_s_per_step']:>15.4f}{peaks[name] / 2**20:>12.0f}")
+    reference = timings["official-equivalent"]
+    engine = "engine-bf16" if "engine-bf16" in timings else "engine"
+    ratios = {f"{k}_speedup": reference[k] / timings[engine][k] for k in reference}
+    # A model this small can train inside memory the process already holds: then there is no ratio.
+    ratios["memory_ratio"] = peaks["official-equivalent"] / peaks[engine] if peaks[engine] > 0 else None
+    memory = f"x{ratios['memory_ratio']:.2f} less peak memory" if ratios["memory_ratio"] else "memory too small to compare"
+    print(f"{engine} vs official-equivalent: phase1 x{ratios['phase1_s_per_step_speedup']:.2f} faster, "
+          f"phase2 x{ratios['phase2_s_per_step_speedup']:.2f} faster, {memory}")
+    result = {"preset": preset, "resolution": resolution, "device": str(device), "steps": steps,
+              "timings": timings, "peak_bytes": peaks, "memory": memory_kind, "ratios": ratios,
+              "torch": torch.__version__, "threads": torch.get_num_threads()}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--worker":
+        print(peak_memory_worker(sys.argv[3], int(sys.argv[4]), sys.argv[2], sys.argv[5]))
+    else:
+        sys.exit("usage: python -m bas_engine.bench --worker NAME PRESET RESOLUTION DEVICE (use `bas bench`)")
