@@ -38,7 +38,7 @@ def apply_pack(pipe: StableDiffusionPipeline, pack: ConceptPack, scale: float = 
     if any(t in tokenizer.get_vocab() for t in pack.tokens):
         raise PackError(f"the pipeline already has tokens {pack.tokens}; apply a pack once per pipeline")
     tokenizer.add_tokens(pack.tokens)
-    encoder.resize_token_embeddings(len(tokenizer))
+    encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows are set below
     ids = tokenizer.convert_tokens_to_ids(pack.tokens)
     weight = encoder.get_input_embeddings().weight
     weight[ids] = vectors.to(weight.device, weight.dtype)

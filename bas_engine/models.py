@@ -106,7 +106,8 @@ def load_model(path: str, tokenizer_dir: str | None = None, prediction_type: str
 
 def _to_dtype(components: SDComponents, dtype: torch.dtype) -> SDComponents:
     for module in (components.unet, components.vae, components.text_encoder):
-        module.to(dtype=dtype)
+        if module.dtype != dtype:
+            module.to(dtype=dtype)
     return components
 
 

@@ -125,3 +125,16 @@ def synthetic_scene(size: int = 128, concepts: int = 3, seed: int = 0):
         distance = ((xs - cx) / (0.45 / concepts)) ** 2 + ((ys - cy) / 0.22) ** 2
         masks.append((1.5 - distance).clamp(0, 1))
     return load_scene(image, masks)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from .models import save_model
+
+    parser = argparse.ArgumentParser(description="write a tiny random-weight diffusers model folder")
+    parser.add_argument("out")
+    parser.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
+    args = parser.parse_args()
+    save_model(tiny_components(prediction_type=args.prediction_type), args.out)
+    print(args.out)

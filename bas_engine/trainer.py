@@ -63,6 +63,7 @@ class TrainingRun:
     # -- setup and teardown -------------------------------------------------------------------------
     def __enter__(self) -> "TrainingRun":
         c, config = self.c, self.config
+        self.base_fingerprint = c.fingerprint()  # before anything is attached to the modules
         for module in (c.unet, c.vae, c.text_encoder):
             self._undo.append(_restore_module_state(module))
             module.requires_grad_(False)
@@ -272,7 +273,7 @@ class TrainingRun:
                     if torch.count_nonzero(delta):
                         deltas[key] = delta.contiguous()
         final_losses = {k: float(torch.stack(list(v)).float().mean()) for k, v in self.losses.items()}
-        meta = {"family": c.family, "prediction_type": c.prediction_type, "fingerprint": c.fingerprint(),
+        meta = {"family": c.family, "prediction_type": c.prediction_type, "fingerprint": self.base_fingerprint,
                 "encoder": c.encoder_name, "scene_fingerprint": self.scene.fingerprint(),
                 "settings": config.to_dict(), "losses": final_losses,
                 "training_size": list(self.scene_t.size), "attention_downscale": self.capture.downscale}
