@@ -1,0 +1,70 @@
+"""End-to-end `bas` CLI run on a tiny model folder and a real scene from ../shared/scenes."""
+from __future__ import annotations
+
+import os
+
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+
+from bas_engine.cli import main
+from bas_engine.models import save_model
+from bas_engine.pack import load_pack
+from bas_engine.testing import tiny_components
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCENE = os.path.join(ROOT, "..", "shared", "scenes", "creature")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("tiny-model"))
+    save_model(tiny_components(), path)
+    return path
+
+
+@pytest.mark.skipif(not os.path.isdir(SCENE), reason="../shared/scenes is not beside this checkout")
+def test_extract_export_generate(model_dir, tmp_path, capsys):
+    pack_path = str(tmp_path / "creature.safetensors")
+    code = main(["extract", SCENE, "--model", model_dir, "--out", pack_path, "--names", "figurine,bowl,stone",
+                 "--init", "figurine,,stone", "--resolution", "64", "--phase1-steps", "2", "--phase2-steps", "2",
+                 "--device", "cpu", "--seed", "3"])
+    assert code == 0
+    pack = load_pack(pack_path)
+    assert pack.names == ["figurine", "bowl", "stone"]
+    assert pack.tokens == ["<asset0>", "<asset1>", "<asset2>"]
+    assert pack.initializers == ["figurine", None, "stone"]
+    assert pack.meta["settings"]["seed"] == 3 and pack.meta["training_size"] == [64, 64]
+    assert "<asset0> = figurine" in capsys.readouterr().out
+
+    lora_path, emb_dir = str(tmp_path / "lora.safetensors"), str(tmp_path / "emb")
+    assert main(["export", pack_path, "--lora", lora_path, "--embeddings", emb_dir]) == 0
+    assert any(k.startswith("lora_unet_") for k in load_file(lora_path))
+    assert sorted(os.listdir(emb_dir)) == ["creature_bowl.safetensors", "creature_figurine.safetensors",
+                                           "creature_stone.safetensors"]
+
+    out_dir = tmp_path / "images"
+    assert main(["generate", pack_path, "--model", model_dir, "--prompt", "a photo of <figurine> and <asset2>",
+                 "--out", str(out_dir), "--steps", "2", "--num", "2", "--device", "cpu"]) == 0
+    images = sorted(os.listdir(out_dir))
+    assert len(images) == 2
+    assert Image.open(out_dir / images[0]).size == (64, 64)
+    assert "warning" not in capsys.readouterr().err  # same base model: no fingerprint warning
+
+
+def test_bad_inputs_are_clear_errors(model_dir, tmp_path, capsys):
+    assert main(["extract", str(tmp_path / "missing"), "--model", model_dir, "--out", str(tmp_path / "p")]) == 2
+    assert "scene folder" in capsys.readouterr().err
+    scene = tmp_path / "scene"
+    scene.mkdir()
+    Image.new("RGB", (32, 32), "red").save(scene / "img.png")
+    Image.new("L", (32, 32), 255).save(scene / "mask0.png")
+    assert main(["extract", str(scene), "--model", model_dir, "--out", str(tmp_path / "p"),
+                 "--names", "a,b"]) == 2
+    assert "names: got 2 concept names for 1 masks" in capsys.readouterr().err
+    assert main(["extract", str(scene), "--model", str(tmp_path / "nomodel"), "--out", str(tmp_path / "p")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["generate", str(tmp_path / "nopack.safetensors"), "--model", model_dir, "--prompt", "x",
+                 "--out", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
