@@ -30,7 +30,7 @@ def apply_pack(pipe: StableDiffusionPipeline, pack: ConceptPack, scale: float = 
     Returns compatibility warnings (other base weights of the same family).
     """
     family = detect_family(pipe.unet)
-    warnings = check_compatible(pack, family, model_fingerprint(pipe.unet, pipe.text_encoder), strict)
+    warnings = check_compatible(pack, family, model_fingerprint(pipe.unet), strict)
     vectors = pack.handles.get(_encoder_name(family)) if len(pack.handles) > 1 else next(iter(pack.handles.values()))
     if vectors is None:
         raise PackError(f"concept pack has no handles for the {family} text encoder")

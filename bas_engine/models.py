@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -38,7 +39,7 @@ class SDComponents:
         return ENCODER_BY_FAMILY[self.family]
 
     def fingerprint(self) -> str:
-        return model_fingerprint(self.unet, self.text_encoder)
+        return model_fingerprint(self.unet)
 
 
 def detect_family(unet: UNet2DConditionModel) -> str:
@@ -55,23 +56,26 @@ def detect_family(unet: UNet2DConditionModel) -> str:
     return family
 
 
-def model_fingerprint(unet: torch.nn.Module, text_encoder: torch.nn.Module, samples: int = 4096) -> str:
-    """A short hash of the base weights that does not depend on dtype, device or key naming order.
+def model_fingerprint(unet: torch.nn.Module | Mapping[str, torch.Tensor], samples: int = 4096) -> str:
+    """A short hash of the base UNet weights, independent of dtype, device and parameter names.
 
-    It hashes every tensor's shape and a strided sample of its values rounded to fp16, so the same
-    weights loaded in fp32 (diffusers) or fp16 (ComfyUI) give the same fingerprint.
+    Each tensor contributes its shape and a strided sample of its values rounded to fp16; the per-tensor
+    digests are sorted before hashing, so the same weights give the same fingerprint whether they sit in
+    a diffusers UNet (fp32) or in ComfyUI's LDM-keyed model (often fp16). Only the UNet is hashed: the
+    text encoders' layouts differ between formats (OpenCLIP's fused qkv), and a fine-tune changes the UNet.
     """
-    digest = hashlib.sha256()
-    for module in (unet, text_encoder):
-        for name, tensor in sorted(module.state_dict().items()):
-            if name.endswith("position_ids"):
-                continue
-            flat = tensor.detach().reshape(-1)
-            stride = max(1, flat.numel() // samples)
-            sample = flat[::stride][:samples].to("cpu", torch.float16)
-            digest.update(str(tuple(tensor.shape)).encode())
-            digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()[:16]
+    state = unet.state_dict() if isinstance(unet, torch.nn.Module) else unet
+    digests = []
+    for tensor in state.values():
+        if not torch.is_tensor(tensor) or not tensor.is_floating_point():
+            continue
+        flat = tensor.detach().reshape(-1)
+        stride = max(1, flat.numel() // samples)
+        sample = flat[::stride][:samples].to("cpu", torch.float16)
+        digest = hashlib.sha256(str(tuple(tensor.shape)).encode())
+        digest.update(sample.numpy().tobytes())
+        digests.append(digest.hexdigest())
+    return hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()[:16]
 
 
 def load_model(path: str, tokenizer_dir: str | None = None, prediction_type: str | None = None,
