@@ -8,7 +8,6 @@ memory is measured in a separate process per configuration, so one cannot inflat
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import resource
@@ -73,12 +72,18 @@ class OfficialEquivalentRun(TrainingRun):
         return super().training_step(draws)
 
 
-def configurations(device: torch.device) -> dict[str, tuple[type, TrainConfig]]:
+def configurations(device: torch.device, names: list[str] | None = None) -> dict[str, tuple[type, dict]]:
+    """The configurations compared (all, or those named): run class and TrainConfig overrides."""
     engine = dict(mode="lora", mixed_precision="no")
     official = dict(mode="full", train_text_encoder=True, mixed_precision="no")
     configs = {"engine": (TrainingRun, engine), "official-equivalent": (OfficialEquivalentRun, official)}
     if device.type == "cuda":
         configs = {"engine-bf16": (TrainingRun, dict(engine, mixed_precision="bf16")), **configs}
+    if names:
+        unknown = set(names) - set(configs)
+        if unknown:
+            raise ValueError(f"--configs: unknown {sorted(unknown)}; choose from {list(configs)}")
+        configs = {k: v for k, v in configs.items() if k in names}
     return configs
 
 
@@ -98,17 +103,17 @@ def _timed_step(run: TrainingRun, optimizer, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def time_interleaved(preset: str, resolution: int, steps: int, device: torch.device) -> dict[str, dict]:
+def time_interleaved(preset: str, resolution: int, steps: int, device: torch.device,
+                     names: list[str] | None = None) -> dict[str, dict]:
     """s/step per phase for every configuration, steps interleaved in one process."""
     from .testing import synthetic_scene
 
     scene = synthetic_scene(size=max(resolution, 64))
-    base = _components(preset)
     runs = {}
-    for name, (cls, overrides) in configurations(device).items():
+    for name, (cls, overrides) in configurations(device, names).items():
         config = TrainConfig(phase1_steps=steps, phase2_steps=steps, resolution=resolution, seed=0, **overrides)
-        runs[name] = cls(copy.deepcopy(base), scene, config, device).__enter__()
-    del base
+        # Built from the same seed, so every configuration starts from identical weights.
+        runs[name] = cls(_components(preset), scene, config, device).__enter__()
     timings = {name: {} for name in runs}
     try:
         for phase in (1, 2):
@@ -152,21 +157,23 @@ def peak_memory_worker(preset: str, resolution: int, name: str, device_name: str
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
 
 
-def peak_memory(preset: str, resolution: int, device: torch.device) -> dict[str, int]:
+def peak_memory(preset: str, resolution: int, device: torch.device, names: list[str] | None = None
+                ) -> dict[str, int]:
     peaks = {}
-    for name in configurations(device):
+    for name in configurations(device, names):
         out = subprocess.run([sys.executable, "-m", "bas_engine.bench", "--worker", name, preset,
                               str(resolution), str(device)], capture_output=True, text=True, check=True)
         peaks[name] = int(out.stdout.strip().splitlines()[-1])
     return peaks
 
 
-def run_benchmark(preset: str, resolution: int | None, steps: int, device: str) -> dict:
+def run_benchmark(preset: str, resolution: int | None, steps: int, device: str,
+                  names: list[str] | None = None) -> dict:
     """Print a table and one JSON line; return the figures."""
     device = torch.device(device)
     resolution = resolution or PRESET_RESOLUTION[preset]
-    timings = time_interleaved(preset, resolution, steps, device)
-    peaks = peak_memory(preset, resolution, device)
+    timings = time_interleaved(preset, resolution, steps, device, names)
+    peaks = peak_memory(preset, resolution, device, names)
     memory_kind = ("cuda max_memory_allocated" if device.type == "cuda"
                    else "peak RSS above the loaded model (separate process per configuration)")
     print(f"preset={preset} resolution={resolution} device={device} timed steps/phase={steps} "
@@ -174,14 +181,17 @@ def run_benchmark(preset: str, resolution: int | None, steps: int, device: str) 
     print(f"{'configuration':<22}{'phase1 s/step':>15}{'phase2 s/step':>15}{'peak MiB':>12}")
     for name, t in timings.items():
         print(f"{name:<22}{t['phase1_s_per_step']:>15.4f}{t['phase2_s_per_step']:>15.4f}{peaks[name] / 2**20:>12.0f}")
-    reference = timings["official-equivalent"]
+    ratios = {}
     engine = "engine-bf16" if "engine-bf16" in timings else "engine"
-    ratios = {f"{k}_speedup": reference[k] / timings[engine][k] for k in reference}
-    # A model this small can train inside memory the process already holds: then there is no ratio.
-    ratios["memory_ratio"] = peaks["official-equivalent"] / peaks[engine] if peaks[engine] > 0 else None
-    memory = f"x{ratios['memory_ratio']:.2f} less peak memory" if ratios["memory_ratio"] else "memory too small to compare"
-    print(f"{engine} vs official-equivalent: phase1 x{ratios['phase1_s_per_step_speedup']:.2f} faster, "
-          f"phase2 x{ratios['phase2_s_per_step_speedup']:.2f} faster, {memory}")
+    if "official-equivalent" in timings and engine in timings:
+        reference = timings["official-equivalent"]
+        ratios = {f"{k}_speedup": reference[k] / timings[engine][k] for k in reference}
+        # A model this small can train inside memory the process already holds: then there is no ratio.
+        ratios["memory_ratio"] = peaks["official-equivalent"] / peaks[engine] if peaks[engine] > 0 else None
+        memory = (f"x{ratios['memory_ratio']:.2f} less peak memory" if ratios["memory_ratio"]
+                  else "memory too small to compare")
+        print(f"{engine} vs official-equivalent: phase1 x{ratios['phase1_s_per_step_speedup']:.2f} faster, "
+              f"phase2 x{ratios['phase2_s_per_step_speedup']:.2f} faster, {memory}")
     result = {"preset": preset, "resolution": resolution, "device": str(device), "steps": steps,
               "timings": timings, "peak_bytes": peaks, "memory": memory_kind, "ratios": ratios,
               "torch": torch.__version__, "threads": torch.get_num_threads()}

@@ -80,6 +80,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=int, default=None, help="default 64 (tiny) or 512 (sd15)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per phase and configuration")
     p.add_argument("--device", default=None)
+    p.add_argument("--configs", help="comma-separated subset: engine, engine-bf16, official-equivalent "
+                                     "(e.g. when the official-equivalent does not fit in memory)")
 
 
 def _device(name: str | None) -> str:
@@ -165,7 +167,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from .bench import run_benchmark
 
-    run_benchmark(args.preset, args.resolution, args.steps, _device(args.device))
+    run_benchmark(args.preset, args.resolution, args.steps, _device(args.device), _csv(args.configs))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
