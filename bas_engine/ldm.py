@@ -1,0 +1,582 @@
+"""Original LDM / ComfyUI checkpoints <-> diffusers + transformers modules, without the hub.
+
+An SD1.x / SD2.x "single file" checkpoint (and the state dict ComfyUI keeps for a loaded model) uses the
+original CompVis key names::
+
+    model.diffusion_model.*                         UNet (openaimodel)
+    first_stage_model.*                             VAE
+    cond_stage_model.transformer.text_model.*       SD1: CLIP-L (HF layout)
+    cond_stage_model.model.*                        SD2: OpenCLIP-H (fused in_proj, resblocks)
+
+The UNet configuration is read from the weights (or from an LDM-style ``unet_config`` such as ComfyUI's
+``model.model.model_config.unet_config``), so non-standard shapes (a two-level UNet, tiny test models)
+convert as well as the real thing.  The key conversion itself is diffusers' own
+(``diffusers.loaders.single_file_utils``); every config is passed explicitly so nothing reaches for the hub.
+
+The reverse direction (``components_to_ldm`` and the ``diffusers_to_*_keys`` maps) is written here: it is
+needed to hand weight deltas to ComfyUI (``ModelPatcher.add_patches`` keys ``diffusion_model.<ldm name>``
+and ``clip_l.transformer.text_model.<name>``) and to write test checkpoints.
+
+This module never imports ComfyUI.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Mapping
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.loaders import single_file_utils as sfu
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from .errors import ModelError
+from .models import FAMILY_BY_CONTEXT, SDComponents
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+CLIP_PREFIX = "cond_stage_model.transformer."          # SD1, followed by text_model.*
+OPENCLIP_PREFIX = "cond_stage_model.model."            # SD2
+#: ComfyUI's names for the text encoder module inside its CLIP ModelPatcher, per family
+COMFY_CLIP_PREFIX = {"sd1": "clip_l.transformer.text_model.", "sd2": "clip_h.transformer.text_model."}
+
+
+def _static_config(name: str) -> dict:
+    with open(os.path.join(CONFIG_DIR, name), encoding="utf-8") as fh:
+        cfg = json.load(fh)
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# UNet configuration
+# --------------------------------------------------------------------------------------------------------------
+
+def _count(keys, pattern: str) -> int:
+    """Number of distinct integer indices {i} such that some key starts with pattern.format(i)."""
+    rx = re.compile("^" + re.escape(pattern).replace(r"\{\}", r"(\d+)"))
+    found = {int(m.group(1)) for k in keys if (m := rx.match(k))}
+    return (max(found) + 1) if found else 0
+
+
+def ldm_unet_config_from_weights(unet_sd: Mapping[str, torch.Tensor]) -> dict:
+    """Read an LDM-style UNet config from openaimodel weights (keys without ``model.diffusion_model.``).
+
+    Head counts are not visible in the weights; the SD convention is used (context 768 or a conv
+    ``proj_in``: 8 heads; otherwise 64 channels per head when that divides the width, else 8 heads).
+    Pass ``unet_config`` to :func:`components_from_ldm` to override.
+    """
+    keys = list(unet_sd)
+    if "input_blocks.0.0.weight" not in unet_sd:
+        raise ModelError("no UNet weights (model.diffusion_model.input_blocks.0.0.weight is missing)")
+    if any(k.startswith("label_emb.") for k in keys):
+        raise ModelError("this UNet has a class/ADM embedding (SDXL or unCLIP); only SD1.x/SD2.x are supported")
+    conv_in = unet_sd["input_blocks.0.0.weight"]
+    model_channels, in_channels = int(conv_in.shape[0]), int(conv_in.shape[1])
+    out_channels = int(unet_sd["out.2.weight"].shape[0])
+    n_in = _count(keys, "input_blocks.{}.")
+
+    def depth(prefix: str) -> int:
+        return _count(keys, prefix + ".1.transformer_blocks.{}.")
+
+    channel_mult, num_res_blocks, transformer_depth = [], [], []
+    level_blocks, level_depths, ch = 0, [], model_channels
+    for i in range(1, n_in):
+        if f"input_blocks.{i}.0.op.weight" in unet_sd:          # downsampler closes a level
+            channel_mult.append(ch // model_channels)
+            num_res_blocks.append(level_blocks)
+            transformer_depth.extend(level_depths)
+            level_blocks, level_depths = 0, []
+            continue
+        ch = int(unet_sd[f"input_blocks.{i}.0.out_layers.3.weight"].shape[0])
+        level_blocks += 1
+        level_depths.append(depth(f"input_blocks.{i}"))
+    channel_mult.append(ch // model_channels)
+    num_res_blocks.append(level_blocks)
+    transformer_depth.extend(level_depths)
+
+    n_out = _count(keys, "output_blocks.{}.")
+    transformer_depth_output = [depth(f"output_blocks.{i}") for i in range(n_out)]
+    middle = _count(keys, "middle_block.1.transformer_blocks.{}.")
+
+    context_dim, use_linear = None, False
+    for k in keys:
+        if k.endswith("attn2.to_k.weight"):
+            context_dim = int(unet_sd[k].shape[1])
+            break
+    for k in keys:
+        if k.endswith(".proj_in.weight"):
+            use_linear = unet_sd[k].ndim == 2
+            break
+    cfg: dict[str, Any] = dict(
+        in_channels=in_channels, out_channels=out_channels, model_channels=model_channels,
+        channel_mult=channel_mult, num_res_blocks=num_res_blocks, transformer_depth=transformer_depth,
+        transformer_depth_middle=middle, transformer_depth_output=transformer_depth_output,
+        context_dim=context_dim, use_linear_in_transformer=use_linear)
+    if context_dim == 768 or not use_linear or model_channels % 64:
+        cfg.update(num_heads=8, num_head_channels=-1)
+    else:
+        cfg.update(num_heads=-1, num_head_channels=64)
+    return cfg
+
+
+def _normalize_ldm_unet_config(cfg: Mapping[str, Any]) -> dict:
+    """Bring ComfyUI-style (per-block lists) and original-yaml-style (ints + attention_resolutions) configs
+    to one form: per-level lists ``num_res_blocks``, ``transformer_depth`` and an int middle depth."""
+    cfg = dict(cfg)
+    if "params" in cfg and "model_channels" not in cfg:                   # {"target":..., "params": {...}}
+        cfg = dict(cfg["params"])
+    mult = list(cfg["channel_mult"])
+    levels = len(mult)
+    nrb = cfg.get("num_res_blocks", 2)
+    nrb = [int(nrb)] * levels if isinstance(nrb, int) else [int(n) for n in nrb]
+    td = cfg.get("transformer_depth", 1)
+    if isinstance(td, int) or td is None:
+        td = 1 if td is None else td
+        att = cfg.get("attention_resolutions")
+        per_level, ds = [], 1
+        for lvl in range(levels):
+            per_level.append(td if (att is None or ds in att) else 0)
+            ds *= 2
+        middle = cfg.get("transformer_depth_middle", td)
+    else:
+        td = [int(t) for t in td]
+        if len(td) == levels:
+            per_level = td
+        elif len(td) == sum(nrb):
+            per_level, i = [], 0
+            for lvl in range(levels):
+                block = td[i:i + nrb[lvl]]
+                if len(set(block)) != 1:
+                    raise ModelError(f"UNet level {lvl} mixes transformer depths {block}; diffusers cannot hold that")
+                per_level.append(block[0])
+                i += nrb[lvl]
+        else:
+            raise ModelError(f"transformer_depth {td} does not fit channel_mult {mult} / num_res_blocks {nrb}")
+        middle = cfg.get("transformer_depth_middle", per_level[-1])
+    if middle is None or middle < 0:
+        middle = per_level[-1]
+    context = cfg.get("context_dim")
+    if isinstance(context, (list, tuple)):
+        context = context[0]
+    out = dict(
+        in_channels=int(cfg.get("in_channels", 4)), out_channels=int(cfg.get("out_channels", 4)),
+        model_channels=int(cfg["model_channels"]), channel_mult=mult, num_res_blocks=nrb,
+        transformer_depth=per_level, transformer_depth_middle=int(middle),
+        context_dim=int(context) if context is not None else None,
+        use_linear_in_transformer=bool(cfg.get("use_linear_in_transformer", False)),
+        num_heads=int(cfg.get("num_heads", -1) or -1), num_head_channels=int(cfg.get("num_head_channels", -1) or -1))
+    if out["num_heads"] <= 0 and out["num_head_channels"] <= 0:
+        out["num_heads"] = 8
+    return out
+
+
+def diffusers_unet_config(ldm_unet_config: Mapping[str, Any], *, family: str | None = None,
+                          sample_size: int = 64) -> dict:
+    """diffusers ``UNet2DConditionModel`` config for an LDM-style UNet config (ComfyUI or yaml style)."""
+    cfg = _normalize_ldm_unet_config(ldm_unet_config)
+    mc, mult, nrb, depth = cfg["model_channels"], cfg["channel_mult"], cfg["num_res_blocks"], cfg["transformer_depth"]
+    if len(set(nrb)) != 1:
+        raise ModelError(f"num_res_blocks {nrb} differs between levels; diffusers needs one value")
+    if cfg["context_dim"] is None:
+        raise ModelError("the UNet has no cross-attention (context_dim); not a text-to-image SD model")
+    if cfg["transformer_depth_middle"] <= 0:
+        raise ModelError("the UNet has no middle attention block; not an SD1.x/SD2.x layout")
+    used = sorted({d for d in depth if d > 0} | {cfg["transformer_depth_middle"]})
+    if len(used) == 1:
+        layers: Any = used[0]
+    else:
+        if cfg["transformer_depth_middle"] != depth[-1]:
+            raise ModelError("middle transformer depth must equal the last level's for diffusers")
+        layers = [max(d, 1) for d in depth]
+    channels = [mc * m for m in mult]
+    if cfg["num_head_channels"] > 0:
+        heads: Any = [c // cfg["num_head_channels"] for c in channels]
+        if len(set(heads)) == 1:
+            heads = heads[0]
+    else:
+        heads = cfg["num_heads"]
+    fam = family or FAMILY_BY_CONTEXT.get(cfg["context_dim"])
+    return dict(
+        sample_size=sample_size,
+        in_channels=cfg["in_channels"], out_channels=cfg["out_channels"],
+        down_block_types=["CrossAttnDownBlock2D" if d > 0 else "DownBlock2D" for d in depth],
+        up_block_types=["CrossAttnUpBlock2D" if d > 0 else "UpBlock2D" for d in reversed(depth)],
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        block_out_channels=channels, layers_per_block=nrb[0],
+        cross_attention_dim=cfg["context_dim"], attention_head_dim=heads,
+        use_linear_projection=cfg["use_linear_in_transformer"],
+        transformer_layers_per_block=layers,
+        norm_num_groups=32, upcast_attention=(fam == "sd2"),
+        flip_sin_to_cos=True, freq_shift=0, act_fn="silu", center_input_sample=False,
+        downsample_padding=1, mid_block_scale_factor=1, norm_eps=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# UNet keys: diffusers -> LDM
+# --------------------------------------------------------------------------------------------------------------
+
+_RESNET_D2L = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+               "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+_TOP_D2L = dict(sfu.DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"])
+
+
+def _resnet_rest(rest: str) -> str:
+    head, _, tail = rest.partition(".")
+    return f"{_RESNET_D2L[head]}.{tail}" if head in _RESNET_D2L else rest
+
+
+def _unet_names_and_config(unet_or_config) -> tuple[list[str], Mapping[str, Any]]:
+    if isinstance(unet_or_config, torch.nn.Module):
+        return list(unet_or_config.state_dict().keys()), unet_or_config.config
+    config = dict(unet_or_config)
+    with torch.device("meta"):
+        model = UNet2DConditionModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+    return list(model.state_dict().keys()), model.config
+
+
+def diffusers_to_ldm_unet_keys(unet_config_or_unet) -> dict[str, str]:
+    """Map every diffusers UNet parameter name to its LDM (openaimodel) name, without any prefix.
+
+    ComfyUI's ``ModelPatcher.add_patches`` wants ``"diffusion_model." + ldm_name``; an original
+    checkpoint wants ``"model.diffusion_model." + ldm_name``.  Accepts a UNet2DConditionModel or its config.
+    """
+    names, config = _unet_names_and_config(unet_config_or_unet)
+    lpb = config["layers_per_block"]
+    if not isinstance(lpb, int):
+        raise ModelError("layers_per_block must be one int for an LDM UNet")
+    up_has_attn = ["CrossAttn" in t for t in config["up_block_types"]]
+    out: dict[str, str] = {}
+    for name in names:
+        if name in _TOP_D2L:
+            out[name] = _TOP_D2L[name]
+            continue
+        parts = name.split(".")
+        if parts[0] == "down_blocks":
+            b, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
+            if kind == "resnets":
+                out[name] = f"input_blocks.{1 + b * (lpb + 1) + j}.0.{_resnet_rest(rest)}"
+            elif kind == "attentions":
+                out[name] = f"input_blocks.{1 + b * (lpb + 1) + j}.1.{rest}"
+            elif kind == "downsamplers":             # down_blocks.b.downsamplers.0.conv.weight
+                out[name] = f"input_blocks.{(b + 1) * (lpb + 1)}.0.op.{'.'.join(parts[5:])}"
+        elif parts[0] == "mid_block":
+            kind, j, rest = parts[1], int(parts[2]), ".".join(parts[3:])
+            if kind == "resnets":
+                out[name] = f"middle_block.{2 * j}.{_resnet_rest(rest)}"
+            elif kind == "attentions":
+                out[name] = f"middle_block.1.{rest}"
+        elif parts[0] == "up_blocks":
+            b, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
+            base = b * (lpb + 1)
+            if kind == "resnets":
+                out[name] = f"output_blocks.{base + j}.0.{_resnet_rest(rest)}"
+            elif kind == "attentions":
+                out[name] = f"output_blocks.{base + j}.1.{rest}"
+            elif kind == "upsamplers":
+                slot = 2 if up_has_attn[b] else 1
+                out[name] = f"output_blocks.{base + lpb}.{slot}.conv.{'.'.join(parts[5:])}"
+        if name not in out:
+            raise ModelError(f"no LDM name for UNet parameter {name!r}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# VAE
+# --------------------------------------------------------------------------------------------------------------
+
+def vae_config_from_weights(vae_sd: Mapping[str, torch.Tensor], scaling_factor: float = 0.18215) -> dict:
+    """diffusers AutoencoderKL config from LDM VAE weights (keys without ``first_stage_model.``)."""
+    keys = list(vae_sd)
+    if "encoder.conv_in.weight" not in vae_sd:
+        raise ModelError("no VAE weights (first_stage_model.encoder.conv_in.weight is missing)")
+    ch = int(vae_sd["encoder.conv_in.weight"].shape[0])
+    levels = _count(keys, "encoder.down.{}.")
+    chans = [int(vae_sd[f"encoder.down.{i}.block.0.conv2.weight"].shape[0]) for i in range(levels)]
+    cfg = _static_config("sd_vae.json")
+    cfg.update(
+        in_channels=int(vae_sd["encoder.conv_in.weight"].shape[1]),
+        out_channels=int(vae_sd["decoder.conv_out.weight"].shape[0]),
+        latent_channels=int(vae_sd["decoder.conv_in.weight"].shape[1]),
+        block_out_channels=chans, layers_per_block=_count(keys, "encoder.down.0.block.{}."),
+        down_block_types=["DownEncoderBlock2D"] * levels, up_block_types=["UpDecoderBlock2D"] * levels,
+        scaling_factor=scaling_factor)
+    if ch != chans[0]:
+        raise ModelError("unexpected VAE layout (first level width differs from conv_in)")
+    return cfg
+
+
+_VAE_ATTN_D2L = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def diffusers_to_ldm_vae_keys(vae: AutoencoderKL) -> dict[str, str]:
+    """diffusers AutoencoderKL parameter name -> LDM VAE name (without ``first_stage_model.``)."""
+    n_up = len(vae.config.up_block_types)
+    top = {v_d: v_l for v_d, v_l in sfu.DIFFUSERS_TO_LDM_MAPPING["vae"].items()}
+    out = {}
+    for name in vae.state_dict():
+        if name in top:
+            out[name] = top[name]
+            continue
+        m = re.match(r"^(encoder|decoder)\.(down_blocks|up_blocks|mid_block)\.(.*)$", name)
+        if not m:
+            raise ModelError(f"no LDM name for VAE parameter {name!r}")
+        coder, block, rest = m.groups()
+        if block == "mid_block":
+            m2 = re.match(r"^resnets\.(\d+)\.(.*)$", rest)
+            if m2:
+                out[name] = f"{coder}.mid.block_{int(m2.group(1)) + 1}.{m2.group(2).replace('conv_shortcut', 'nin_shortcut')}"
+                continue
+            m2 = re.match(r"^attentions\.0\.(.*)\.(weight|bias)$", rest)
+            out[name] = f"{coder}.mid.attn_1.{_VAE_ATTN_D2L[m2.group(1)]}.{m2.group(2)}"
+            continue
+        m2 = re.match(r"^(\d+)\.(resnets|downsamplers|upsamplers)\.(\d+)\.(.*)$", rest)
+        i, kind, j, tail = int(m2.group(1)), m2.group(2), int(m2.group(3)), m2.group(4)
+        if block == "down_blocks":
+            lvl, word = i, "down"
+        else:
+            lvl, word = n_up - 1 - i, "up"
+        if kind == "resnets":
+            out[name] = f"{coder}.{word}.{lvl}.block.{j}.{tail.replace('conv_shortcut', 'nin_shortcut')}"
+        elif kind == "downsamplers":
+            out[name] = f"{coder}.down.{lvl}.downsample.{tail}"
+        else:
+            out[name] = f"{coder}.up.{lvl}.upsample.{tail}"
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Text encoders
+# --------------------------------------------------------------------------------------------------------------
+
+def _strip(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def text_encoder_config_from_weights(te_sd: Mapping[str, torch.Tensor], family: str) -> dict:
+    """CLIPTextConfig kwargs from converted (transformers-layout, no ``text_model.``) text-encoder weights."""
+    base = _static_config("sd2_text_encoder.json" if family == "sd2" else "sd1_text_encoder.json")
+    tok = te_sd["embeddings.token_embedding.weight"]
+    hidden = int(tok.shape[1])
+    heads = base["num_attention_heads"] if hidden == base["hidden_size"] else max(1, hidden // 64)
+    base.update(
+        vocab_size=int(tok.shape[0]), hidden_size=hidden, num_attention_heads=heads,
+        max_position_embeddings=int(te_sd["embeddings.position_embedding.weight"].shape[0]),
+        intermediate_size=int(te_sd["encoder.layers.0.mlp.fc1.weight"].shape[0]),
+        num_hidden_layers=_count(list(te_sd), "encoder.layers.{}."))
+    if base["vocab_size"] <= max(base.get("bos_token_id", 0), base.get("pad_token_id", 0), base["eos_token_id"]):
+        base.update(bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    return base
+
+
+def _convert_text_encoder(state_dict: Mapping[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
+    if family == "sd1":
+        sd = {k: v for k, v in state_dict.items() if k.startswith(CLIP_PREFIX)}
+        # some SD1 files lack the text_model. level (ComfyUI tolerates that too)
+        sd = {(k if k.startswith(CLIP_PREFIX + "text_model.") else k.replace(CLIP_PREFIX, CLIP_PREFIX + "text_model.", 1)): v
+              for k, v in sd.items()}
+        converted = sfu.convert_ldm_clip_checkpoint(sd)
+    else:
+        sd = {k: v for k, v in state_dict.items() if k.startswith(OPENCLIP_PREFIX)}
+        # SD2 conditions on the penultimate layer: diffusers' text encoder simply drops the last resblock
+        n = _count(list(sd), OPENCLIP_PREFIX + "transformer.resblocks.{}.")
+        last = f"{OPENCLIP_PREFIX}transformer.resblocks.{n - 1}."
+        sd = {k: v for k, v in sd.items() if not k.startswith(last)}
+        width = int(sd[OPENCLIP_PREFIX + "token_embedding.weight"].shape[1])
+        sd[OPENCLIP_PREFIX + "text_projection"] = torch.empty(width, 0)    # tells the helper the width; dropped
+        converted = sfu.convert_open_clip_checkpoint(None, sd, prefix=OPENCLIP_PREFIX)
+    converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
+    converted.pop("embeddings.position_ids", None)
+    converted.pop("text_projection.weight", None)
+    converted.pop("logit_scale", None)
+    return converted
+
+
+def diffusers_to_comfy_clip_keys(text_encoder_or_names, family: str) -> dict[str, str]:
+    """transformers CLIPTextModel parameter name (no ``text_model.``) -> ComfyUI CLIP patcher key
+    (``clip_l.transformer.text_model.*`` for SD1, ``clip_h.transformer.text_model.*`` for SD2)."""
+    names = (text_encoder_or_names.state_dict().keys() if isinstance(text_encoder_or_names, torch.nn.Module)
+             else text_encoder_or_names)
+    prefix = COMFY_CLIP_PREFIX[family]
+    return {n: prefix + n.removeprefix("text_model.") for n in names if not n.endswith("position_ids")}
+
+
+def diffusers_to_ldm_text_encoder_keys(text_encoder_or_names) -> dict[str, str]:
+    """SD1 only: transformers CLIPTextModel parameter name -> original checkpoint key."""
+    names = (text_encoder_or_names.state_dict().keys() if isinstance(text_encoder_or_names, torch.nn.Module)
+             else text_encoder_or_names)
+    return {n: CLIP_PREFIX + "text_model." + n.removeprefix("text_model.") for n in names
+            if not n.endswith("position_ids")}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Whole checkpoints
+# --------------------------------------------------------------------------------------------------------------
+
+def detect_checkpoint_family(state_dict: Mapping[str, torch.Tensor]) -> str:
+    if any(k.startswith(OPENCLIP_PREFIX) for k in state_dict):
+        return "sd2"
+    if any(k.startswith(CLIP_PREFIX) for k in state_dict):
+        return "sd1"
+    if any(k.startswith("conditioner.") for k in state_dict):
+        raise ModelError("this is an SDXL-style checkpoint (conditioner.*); only SD1.x/SD2.x are supported")
+    raise ModelError("no text encoder in the checkpoint (cond_stage_model.* missing)")
+
+
+def make_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ModelError(f"prediction_type must be 'epsilon' or 'v_prediction', not {prediction_type!r}")
+    cfg = _static_config("sd_scheduler.json")
+    cfg["prediction_type"] = prediction_type
+    return DDPMScheduler.from_config(cfg)
+
+
+def load_tokenizer(tokenizer_dir: str, family: str = "sd1") -> CLIPTokenizer:
+    """CLIPTokenizer from a local folder (vocab.json + merges.txt); SD2 pads with "!" (id 0) like OpenCLIP."""
+    try:
+        tok = CLIPTokenizer.from_pretrained(os.fspath(tokenizer_dir), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"tokenizer folder {tokenizer_dir!r} could not be loaded: {exc}") from exc
+    if family == "sd2" and tok.pad_token != "!":
+        tok.pad_token = "!"
+    return tok
+
+
+def _load_strict(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> None:
+    missing, unexpected = module.load_state_dict(dict(sd), strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ModelError(f"{what} weights do not fit the inferred config: missing {missing[:5]}"
+                         f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                         f"{'...' if len(unexpected) > 5 else ''}")
+
+
+def components_from_ldm(state_dict: Mapping[str, torch.Tensor], tokenizer_dir: str, *,
+                        unet_config: Mapping[str, Any] | None = None, prediction_type: str | None = None,
+                        family: str | None = None, text_encoder_config: Mapping[str, Any] | None = None,
+                        dtype: torch.dtype = torch.float32) -> SDComponents:
+    """Build diffusers/transformers modules from an original-layout (LDM / ComfyUI) state dict.
+
+    ``unet_config`` is an LDM-style UNet config (ComfyUI's ``model.model.model_config.unet_config`` or a
+    yaml ``unet_config.params``); without it the layout is read from the weights.  ``family`` ("sd1" /
+    "sd2") defaults to what the text-encoder keys say.  ``prediction_type`` defaults to "epsilon" for both
+    families: v-prediction (SD2 768-v) cannot be read from the weights, so the caller must say so.
+    The weights are copied into float32 (or ``dtype``) modules; the input dict is not modified.  The modules
+    are built under ``torch.inference_mode(False)``, so they are trainable even when called from a ComfyUI
+    node (which runs in inference mode, and whose model weights are inference tensors).
+    """
+    with torch.inference_mode(False):
+        return _components_from_ldm(state_dict, tokenizer_dir, unet_config=unet_config,
+                                    prediction_type=prediction_type, family=family,
+                                    text_encoder_config=text_encoder_config, dtype=dtype)
+
+
+def _components_from_ldm(state_dict, tokenizer_dir, *, unet_config, prediction_type, family, text_encoder_config,
+                         dtype) -> SDComponents:
+    fam = family or detect_checkpoint_family(state_dict)
+    unet_sd = _strip(state_dict, UNET_PREFIX)
+    if not unet_sd:
+        raise ModelError("no UNet weights in the checkpoint (model.diffusion_model.* missing)")
+    ldm_cfg = dict(unet_config) if unet_config is not None else ldm_unet_config_from_weights(unet_sd)
+    ucfg = diffusers_unet_config(ldm_cfg, family=fam)
+    unet = UNet2DConditionModel.from_config(ucfg)
+    _load_strict(unet, sfu.convert_ldm_unet_checkpoint(
+        {UNET_PREFIX + k: v for k, v in unet_sd.items()}, ucfg), "UNet")
+
+    vae_sd = _strip(state_dict, VAE_PREFIX)
+    vae = AutoencoderKL.from_config(vae_config_from_weights(vae_sd))
+    _load_strict(vae, sfu.convert_ldm_vae_checkpoint({VAE_PREFIX + k: v for k, v in vae_sd.items()}, vae.config),
+                 "VAE")
+
+    te_sd = _convert_text_encoder(state_dict, fam)
+    te_cfg = dict(text_encoder_config) if text_encoder_config else text_encoder_config_from_weights(te_sd, fam)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**te_cfg))
+    _load_strict(text_encoder, te_sd, "text encoder")
+
+    for m in (unet, vae, text_encoder):
+        if dtype != torch.float32:
+            m.to(dtype=dtype)
+        m.eval()
+        m.requires_grad_(False)
+    return SDComponents(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=load_tokenizer(tokenizer_dir, fam),
+                        noise_scheduler=make_scheduler(prediction_type or "epsilon"), family=fam)
+
+
+def components_to_ldm(components: SDComponents, *, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Write the components as an original single-file state dict (SD1: CLIP-L keys; SD2: OpenCLIP keys).
+
+    For SD2 the OpenCLIP tower gets back the last resblock diffusers drops (penultimate-layer convention) as
+    an all-zero block, which is an identity in a pre-LN residual transformer, and an identity
+    ``text_projection``; ComfyUI and the LDM code never use either for conditioning.
+    """
+    def cast(t):
+        t = t.detach().contiguous()
+        return t.to(dtype) if dtype is not None else t.clone()
+
+    out: dict[str, torch.Tensor] = {}
+    usd = components.unet.state_dict()
+    for d, l in diffusers_to_ldm_unet_keys(components.unet).items():
+        out[UNET_PREFIX + l] = cast(usd[d])
+    vsd = components.vae.state_dict()
+    for d, l in diffusers_to_ldm_vae_keys(components.vae).items():
+        t = vsd[d]
+        if ".mid.attn_1." in l and l.endswith("weight") and t.ndim == 2:
+            t = t[:, :, None, None]                                       # LDM uses 1x1 convs
+        out[VAE_PREFIX + l] = cast(t)
+    tsd = {k.removeprefix("text_model."): v for k, v in components.text_encoder.state_dict().items()
+           if not k.endswith("position_ids")}
+    if components.family != "sd2":
+        for d, l in diffusers_to_ldm_text_encoder_keys(list(tsd)).items():
+            out[l] = cast(tsd[d])
+        return out
+    p = OPENCLIP_PREFIX
+    out[p + "token_embedding.weight"] = cast(tsd["embeddings.token_embedding.weight"])
+    out[p + "positional_embedding"] = cast(tsd["embeddings.position_embedding.weight"])
+    out[p + "ln_final.weight"] = cast(tsd["final_layer_norm.weight"])
+    out[p + "ln_final.bias"] = cast(tsd["final_layer_norm.bias"])
+    n = _count(list(tsd), "encoder.layers.{}.")
+    for i in range(n + 1):
+        src, dst = f"encoder.layers.{i}.", f"{p}transformer.resblocks.{i}."
+        if i < n:
+            get = lambda name: tsd[src + name]                            # noqa: E731
+        else:
+            get = lambda name: torch.zeros_like(tsd[f"encoder.layers.0.{name}"])  # noqa: E731
+        for w in ("weight", "bias"):
+            out[dst + f"attn.in_proj_{w}"] = cast(torch.cat([get(f"self_attn.{q}_proj.{w}") for q in "qkv"]))
+            out[dst + f"attn.out_proj.{w}"] = cast(get(f"self_attn.out_proj.{w}"))
+            out[dst + f"ln_1.{w}"] = cast(get(f"layer_norm1.{w}"))
+            out[dst + f"ln_2.{w}"] = cast(get(f"layer_norm2.{w}"))
+            out[dst + f"mlp.c_fc.{w}"] = cast(get(f"mlp.fc1.{w}"))
+            out[dst + f"mlp.c_proj.{w}"] = cast(get(f"mlp.fc2.{w}"))
+    width = tsd["embeddings.token_embedding.weight"].shape[1]
+    out[p + "text_projection"] = cast(torch.eye(width, dtype=tsd["final_layer_norm.weight"].dtype))
+    return out
+
+
+def read_checkpoint(path: str) -> dict[str, torch.Tensor]:
+    """Read a .safetensors or .ckpt/.pt/.pth (torch.load(weights_only=True)) state dict."""
+    path = os.fspath(path)
+    try:
+        if path.lower().endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad model file
+        raise ModelError(f"checkpoint {path!r} could not be read: {exc}") from exc
+    while isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ModelError(f"checkpoint {path!r} holds no state dict")
+    return sd
+
+
+def load_single_file(path: str, tokenizer_dir: str, prediction_type: str | None = None) -> SDComponents:
+    """Load an SD1.x / SD2.x single-file checkpoint (.safetensors, or .ckpt via weights_only torch.load).
+
+    ``prediction_type`` defaults to "epsilon" for SD1 *and* SD2: an SD2 768-v model cannot be told from an
+    SD2 512-base model by its weights, so pass ``prediction_type="v_prediction"`` for v models.
+    """
+    return components_from_ldm(read_checkpoint(path), tokenizer_dir, prediction_type=prediction_type)
