@@ -56,7 +56,11 @@ class AttentionStore:
         self.maps: dict[str, torch.Tensor] = {}
 
     def start(self, columns: torch.Tensor) -> None:
-        """Capture the given columns in the next forward pass (only the first B examples of the batch)."""
+        """Capture the given columns in the next forward pass (only the first B examples of the batch).
+
+        Call `stop()` only after the backward pass: with gradient checkpointing, backward recomputes the
+        captured layers, and they must take the same path as in the forward pass.
+        """
         self.columns = columns.clamp(min=0)
         self.maps = {}
 
@@ -98,7 +102,10 @@ class CaptureAttnProcessor(AttnProcessor2_0):
         scores = query[:captured] @ key[:captured].transpose(-1, -2) * attn.scale        # (b, h, HW, L)
         probs = scores.float().softmax(-1)
         index = columns[:, None, None, :].expand(-1, probs.shape[1], probs.shape[2], -1)
-        self.store.maps[self.name] = probs.gather(-1, index).mean(1)                      # (b, HW, N)
+        maps = probs.gather(-1, index).mean(1)                                             # (b, HW, N)
+        # Gradient checkpointing runs this again during backward: the same ops, so the recomputed tensors
+        # match the saved ones, but the maps of the first pass (which the loss was built from) are kept.
+        self.store.maps.setdefault(self.name, maps)
 
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))

@@ -58,7 +58,8 @@ class Handles:
             raise InputError(f"tokens: handle tokens must be distinct, got {list(tokens)}")
         vocab = tokenizer.get_vocab()
         for token in tokens:
-            if token in vocab or token.lower() in vocab:
+            # CLIP's vocabulary spells whole words with an end-of-word mark ("photo</w>").
+            if any(t in vocab for t in (token, token.lower(), token.lower() + "</w>")):
                 raise InputError(f"tokens: {token!r} is already a word of the tokenizer; choose another handle")
         self.tokens = list(tokens)
         self.text_encoder = text_encoder

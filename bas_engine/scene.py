@@ -87,12 +87,7 @@ def mask_to_tensor(mask: Any, what: str) -> torch.Tensor:
         mask = _open_image(mask, what)
     if isinstance(mask, Image.Image):
         if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
-            rgba = np.asarray(mask.convert("RGBA"), dtype=np.float32) / 255.0
-            rgb, alpha = rgba[..., :3], rgba[..., 3]
-            if np.ptp(rgb) < 1e-6 and np.ptp(alpha) > 0:
-                array = alpha
-            else:
-                array = _luminance(rgb)
+            array = _colour_mask(np.asarray(mask.convert("RGBA"), dtype=np.float32) / 255.0)
         else:
             array = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
         return torch.from_numpy(np.ascontiguousarray(array))
@@ -106,12 +101,20 @@ def mask_to_tensor(mask: Any, what: str) -> torch.Tensor:
     if tensor.ndim == 3 and tensor.shape[0] == 1:
         tensor = tensor[0]
     if tensor.ndim == 3 and tensor.shape[-1] in (3, 4):
-        tensor = torch.from_numpy(_luminance(tensor[..., :3].numpy()))
+        tensor = torch.from_numpy(_colour_mask(tensor.numpy()))
     if tensor.ndim != 2:
         raise InputError(f"{what}: expected a single-channel mask of shape HxW, got shape {tuple(tensor.shape)}")
     if tensor.min() < -1e-3 or tensor.max() > 1 + 1e-3:
         raise InputError(f"{what}: mask values must lie in [0, 1], got [{tensor.min():.3g}, {tensor.max():.3g}]")
     return tensor.clamp(0, 1).contiguous()
+
+
+def _colour_mask(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, 3 or 4) in [0, 1] -> (H, W): the alpha channel when the RGB is constant and alpha varies,
+    else the luminance of the RGB."""
+    if pixels.shape[-1] == 4 and np.ptp(pixels[..., :3]) < 1e-6 and np.ptp(pixels[..., 3]) > 0:
+        return np.ascontiguousarray(pixels[..., 3], dtype=np.float32)
+    return _luminance(pixels[..., :3])
 
 
 def _luminance(rgb: np.ndarray) -> np.ndarray:

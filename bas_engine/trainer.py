@@ -84,7 +84,7 @@ class TrainingRun:
         self.scene_t = SceneTensors(self.scene, c.vae, config.resolution, vae_scale * latent_multiple, vae_scale,
                                     self.capture.downscale, self.device)
         self.class_posteriors = self._prepare_prior() if config.prior_preservation else None
-        if config.gradient_checkpointing:
+        if config.gradient_checkpointing and not c.unet.is_gradient_checkpointing:
             c.unet.enable_gradient_checkpointing()
             self._undo.append(c.unet.disable_gradient_checkpointing)
         c.unet.train()
@@ -131,7 +131,10 @@ class TrainingRun:
     def optimize(self, optimizer: torch.optim.Optimizer, draws) -> dict[str, torch.Tensor]:
         """One optimisation step: losses, backward, gradient clipping, update."""
         losses = self.training_step(draws)
-        self.scaler.scale(losses["loss"]).backward()
+        try:
+            self.scaler.scale(losses["loss"]).backward()
+        finally:  # after backward: gradient checkpointing recomputes the captured layers during it
+            self.capture.store.stop()
         self.scaler.unscale_(optimizer)
         params = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
@@ -230,7 +233,6 @@ class TrainingRun:
             losses["attention"] = attention_loss(maps, attention_masks, chosen.to(device))
             loss = loss + config.attention_loss_weight * losses["attention"]
             self._last_maps = maps.detach()
-            self.capture.store.stop()
         if self.class_posteriors is not None:
             losses["prior"] = F.mse_loss(prediction[instances:].float(), target[instances:].float())
             loss = loss + config.prior_loss_weight * losses["prior"]
