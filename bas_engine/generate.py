@@ -5,7 +5,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from .lora import lora_deltas
-from .models import SDComponents, detect_family, model_fingerprint
+from .models import SDComponents, detect_family, model_fingerprint, text_encoder_part
 from .pack import ConceptPack, check_compatible
 from .errors import PackError
 
@@ -42,16 +42,20 @@ def apply_pack(pipe: StableDiffusionPipeline, pack: ConceptPack, scale: float = 
     ids = tokenizer.convert_tokens_to_ids(pack.tokens)
     weight = encoder.get_input_embeddings().weight
     weight[ids] = vectors.to(weight.device, weight.dtype)
-    modules = {"unet": pipe.unet, "text_encoder": encoder}
-    for prefix, module in modules.items():
-        for path, delta in lora_deltas(pack.lora, prefix).items():
-            target = module.get_submodule(path).weight
-            target += scale * delta.to(target.device, target.dtype)
+    for path, delta in lora_deltas(pack.lora, "unet").items():
+        _add(pipe.unet.get_submodule(path).weight, delta, scale)
+    for path, delta in lora_deltas(pack.lora, "text_encoder").items():
+        _add(text_encoder_part(encoder, path).weight, delta, scale)
     for key, delta in pack.deltas.items():
-        prefix, _, name = key.partition(".")
-        target = modules[prefix].get_parameter(name)
-        target += scale * delta.to(target.device, target.dtype)
+        model, _, name = key.partition(".")
+        target = (pipe.unet.get_parameter(name) if model == "unet"
+                  else text_encoder_part(encoder, name, parameter=True))
+        _add(target, delta, scale)
     return warnings
+
+
+def _add(target: torch.Tensor, delta: torch.Tensor, scale: float) -> None:
+    target += scale * delta.to(target.device, target.dtype)
 
 
 def _encoder_name(family: str) -> str:

@@ -42,6 +42,20 @@ class SDComponents:
         return model_fingerprint(self.unet)
 
 
+def canonical_text_encoder_name(name: str) -> str:
+    """Parameter/module names of CLIPTextModel as packs store them: without transformers 4's `text_model.`."""
+    return name.removeprefix("text_model.")
+
+
+def text_encoder_part(text_encoder: torch.nn.Module, name: str, parameter: bool = False):
+    """The submodule (or parameter) of a CLIPTextModel by canonical name, in transformers 4 or 5 layout."""
+    getter = text_encoder.get_parameter if parameter else text_encoder.get_submodule
+    try:
+        return getter(name)
+    except AttributeError:
+        return getter("text_model." + name)
+
+
 def detect_family(unet: UNet2DConditionModel) -> str:
     """Name the model family from the UNet's cross-attention width; anything else is a clear error."""
     context = unet.config.cross_attention_dim

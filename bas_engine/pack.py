@@ -148,7 +148,7 @@ def export_kohya_lora(pack: ConceptPack) -> dict[str, torch.Tensor]:
         if model == "unet":
             base = _kohya_name("lora_unet", path)
         elif model == "text_encoder":
-            # transformers 5 flattened CLIPTextModel (paths "encoder.layers…"); 4.x has "text_model.encoder…"
+            # packs store transformers-5 names ("encoder.layers…"); kohya spells them "text_model.encoder…"
             base = _kohya_name("lora_te", "text_model." + path.removeprefix("text_model."))
         else:
             raise PackError(f"unexpected LoRA key {key!r} in pack")

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
 
@@ -46,7 +46,8 @@ def _open_image(source: Any, what: str) -> Image.Image:
     try:
         image = Image.open(source)
         image.load()
-        return image
+        # Photos from phones store their rotation in EXIF; masks painted over them are upright.
+        return ImageOps.exif_transpose(image)
     except FileNotFoundError as exc:
         raise InputError(f"{what}: file {source!r} does not exist") from exc
     except (UnidentifiedImageError, OSError) as exc:

@@ -20,7 +20,7 @@ from .handles import Handles, default_tokens
 from .latents import CachedPosterior, SceneTensors
 from .lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, inject_lora, lora_state_dict, remove_lora
 from .losses import attention_loss, masked_diffusion_loss
-from .models import SDComponents
+from .models import SDComponents, canonical_text_encoder_name
 from .pack import ConceptPack
 from .sampling import ConceptSampler
 from .scene import Scene
@@ -267,12 +267,16 @@ class TrainingRun:
         lora, deltas = {}, {}
         if config.phase2_steps > 0 and config.mode == "lora":
             lora = lora_state_dict(self.unet_lora, "unet")
-            lora.update(lora_state_dict(self.text_lora, "text_encoder"))
+            lora.update(lora_state_dict({canonical_text_encoder_name(k): v for k, v in self.text_lora.items()},
+                                        "text_encoder"))
         elif config.phase2_steps > 0:
             with torch.no_grad():
                 for key, p in self.full_params.items():
                     delta = p.detach().cpu() - self.base_weights[key]
                     if torch.count_nonzero(delta):
+                        model, _, name = key.partition(".")
+                        if model == "text_encoder":
+                            key = f"{model}.{canonical_text_encoder_name(name)}"
                         deltas[key] = delta.contiguous()
         final_losses = {k: float(torch.stack(list(v)).float().mean()) for k, v in self.losses.items()}
         meta = {"family": c.family, "prediction_type": c.prediction_type, "fingerprint": self.base_fingerprint,

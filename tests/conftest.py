@@ -20,7 +20,8 @@ from bas_engine.config import TrainConfig  # noqa: E402
 from bas_engine.scene import Scene, load_scene  # noqa: E402
 from bas_engine.testing import tiny_components  # noqa: E402
 
-SHARED_SCENES = "/work/shared/scenes"
+# ../shared/scenes beside the checkout (as in CI: a fresh clone with shared/ beside it)
+SHARED_SCENES = os.path.join(os.path.dirname(ROOT), "shared", "scenes")
 RESOLUTION = 64
 
 # One thread: the test machine has two cores shared with other jobs, where more threads only contend.

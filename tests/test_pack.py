@@ -127,3 +127,27 @@ def test_token_for():
         pack.token_for("<asset7>")
     message = str(info.value)
     assert "'<asset7>'" in message and "<asset0> (figurine)" in message and "<asset1> (asset1)" in message
+
+
+def test_text_encoder_keys_are_canonical_and_resolve_in_both_transformers_layouts(pack, components):
+    from torch import nn
+
+    from bas_engine.models import text_encoder_part
+
+    te_keys = [k for k in pack.lora if k.startswith("text_encoder.")]
+    assert te_keys and not any(".text_model." in k for k in te_keys)
+    path = te_keys[0][len("text_encoder."):].rsplit(".", 1)[0]
+    flat = text_encoder_part(components.text_encoder, path)           # transformers 5: no prefix
+    holder = nn.Module()
+    holder.text_model = components.text_encoder                        # transformers 4 layout
+    assert text_encoder_part(holder, path) is flat
+
+
+def test_saved_files_follow_the_umask(tmp_path, pack):
+    umask = os.umask(0o022)
+    try:
+        target = tmp_path / "pack.safetensors"
+        save_pack(pack, target)
+        assert (os.stat(target).st_mode & 0o777) == 0o644
+    finally:
+        os.umask(umask)
