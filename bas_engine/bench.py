@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import resource
+import threading
 import subprocess
 import sys
 import time
@@ -50,6 +50,8 @@ class KeepAllProbsProcessor:
 
 class OfficialEquivalentRun(TrainingRun):
     """TrainingRun with the official implementation's costs (see the module docstring)."""
+
+    keep_base_weights = False  # the official code saves the whole model, so it keeps no base copy
 
     def __enter__(self) -> "OfficialEquivalentRun":
         super().__enter__()
@@ -144,8 +146,7 @@ def peak_memory_worker(preset: str, resolution: int, name: str, device_name: str
     components, scene = _components(preset), synthetic_scene(size=max(resolution, 64))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    # On the CPU the figure is the peak resident memory above what the loaded model already held.
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    sampler = RssSampler() if device.type == "cpu" else None
     with cls(components, scene, config, device) as run:
         for phase in (1, 2):
             optimizer = run.start_phase(phase)
@@ -154,7 +155,35 @@ def peak_memory_worker(preset: str, resolution: int, name: str, device_name: str
             del optimizer
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+    return sampler.stop()
+
+
+class RssSampler:
+    """Peak resident memory above the level at start, sampled every few milliseconds from /proc.
+
+    (ru_maxrss cannot be used: building the model's random weights leaves a higher mark than training.)
+    """
+
+    def __init__(self, interval: float = 0.005):
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.baseline = self.peak = self._rss()
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def _loop(self, interval: float) -> None:
+        while self._running:
+            self.peak = max(self.peak, self._rss())
+            time.sleep(interval)
+
+    def stop(self) -> int:
+        self._running = False
+        self._thread.join()
+        return max(self.peak, self._rss()) - self.baseline
 
 
 def peak_memory(preset: str, resolution: int, device: torch.device, names: list[str] | None = None
@@ -168,30 +197,34 @@ def peak_memory(preset: str, resolution: int, device: torch.device, names: list[
 
 
 def run_benchmark(preset: str, resolution: int | None, steps: int, device: str,
-                  names: list[str] | None = None) -> dict:
+                  names: list[str] | None = None, timing: bool = True) -> dict:
     """Print a table and one JSON line; return the figures."""
     device = torch.device(device)
     resolution = resolution or PRESET_RESOLUTION[preset]
-    timings = time_interleaved(preset, resolution, steps, device, names)
+    names = list(configurations(device, names))
+    timings = (time_interleaved(preset, resolution, steps, device, names) if timing
+               else {name: {"phase1_s_per_step": None, "phase2_s_per_step": None} for name in names})
     peaks = peak_memory(preset, resolution, device, names)
     memory_kind = ("cuda max_memory_allocated" if device.type == "cuda"
-                   else "peak RSS above the loaded model (separate process per configuration)")
+                   else "peak RSS above the loaded model, sampled every 5 ms (separate process per configuration)")
     print(f"preset={preset} resolution={resolution} device={device} timed steps/phase={steps} "
           f"(median; interleaved) memory={memory_kind}")
     print(f"{'configuration':<22}{'phase1 s/step':>15}{'phase2 s/step':>15}{'peak MiB':>12}")
     for name, t in timings.items():
-        print(f"{name:<22}{t['phase1_s_per_step']:>15.4f}{t['phase2_s_per_step']:>15.4f}{peaks[name] / 2**20:>12.0f}")
+        cells = [f"{t[k]:.4f}" if t[k] is not None else "-" for k in ("phase1_s_per_step", "phase2_s_per_step")]
+        print(f"{name:<22}{cells[0]:>15}{cells[1]:>15}{peaks[name] / 2**20:>12.0f}")
     ratios = {}
     engine = "engine-bf16" if "engine-bf16" in timings else "engine"
     if "official-equivalent" in timings and engine in timings:
         reference = timings["official-equivalent"]
-        ratios = {f"{k}_speedup": reference[k] / timings[engine][k] for k in reference}
+        ratios = {f"{k}_speedup": reference[k] / timings[engine][k] for k in reference if timing}
         # A model this small can train inside memory the process already holds: then there is no ratio.
         ratios["memory_ratio"] = peaks["official-equivalent"] / peaks[engine] if peaks[engine] > 0 else None
         memory = (f"x{ratios['memory_ratio']:.2f} less peak memory" if ratios["memory_ratio"]
                   else "memory too small to compare")
-        print(f"{engine} vs official-equivalent: phase1 x{ratios['phase1_s_per_step_speedup']:.2f} faster, "
-              f"phase2 x{ratios['phase2_s_per_step_speedup']:.2f} faster, {memory}")
+        speed = (f"phase1 x{ratios['phase1_s_per_step_speedup']:.2f} faster, "
+                 f"phase2 x{ratios['phase2_s_per_step_speedup']:.2f} faster, " if timing else "")
+        print(f"{engine} vs official-equivalent: {speed}{memory}")
     result = {"preset": preset, "resolution": resolution, "device": str(device), "steps": steps,
               "timings": timings, "peak_bytes": peaks, "memory": memory_kind, "ratios": ratios,
               "torch": torch.__version__, "threads": torch.get_num_threads()}

@@ -82,6 +82,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--configs", help="comma-separated subset: engine, engine-bf16, official-equivalent "
                                      "(e.g. when the official-equivalent does not fit in memory)")
+    p.add_argument("--no-timing", action="store_true",
+                   help="only peak memory (one process per configuration): for machines where the "
+                        "configurations do not fit in memory together")
 
 
 def _device(name: str | None) -> str:
@@ -167,7 +170,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from .bench import run_benchmark
 
-    run_benchmark(args.preset, args.resolution, args.steps, _device(args.device), _csv(args.configs))
+    run_benchmark(args.preset, args.resolution, args.steps, _device(args.device), _csv(args.configs),
+                  timing=not args.no_timing)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

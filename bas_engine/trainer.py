@@ -47,6 +47,9 @@ def train(components: SDComponents, scene: Scene, config: TrainConfig | None = N
 class TrainingRun:
     """State of one run: handles, adapters, capture, cached scene; a context manager that cleans up."""
 
+    #: full mode keeps a CPU copy of the base weights, to take deltas and to restore the model afterwards
+    keep_base_weights = True
+
     def __init__(self, components: SDComponents, scene: Scene, config: TrainConfig, device: torch.device,
                  cache_dir: str | None = None):
         self.c, self.scene, self.config, self.device = components, scene, config, device
@@ -179,9 +182,10 @@ class TrainingRun:
             self.full_params = {f"{prefix}.{name}": p for prefix, module in modules.items()
                                 for name, p in module.named_parameters()
                                 if "token_embedding" not in name}
-            # Base weights are kept on the CPU: deltas are taken from them and they are put back after.
-            self.base_weights = {k: p.detach().to("cpu", copy=True) for k, p in self.full_params.items()}
-            self._undo.append(self._restore_full_weights)
+            if self.keep_base_weights:
+                # Kept on the CPU: deltas are taken from them and they are put back afterwards.
+                self.base_weights = {k: p.detach().to("cpu", copy=True) for k, p in self.full_params.items()}
+                self._undo.append(self._restore_full_weights)
             params = list(self.full_params.values())
         for p in params:
             p.requires_grad_(True)
