@@ -1,0 +1,25 @@
+"""The benchmark runs both configurations side by side and reports figures for each (no timing asserts)."""
+import json
+
+from bas_engine.bench import OfficialEquivalentRun, configurations, run_benchmark
+
+
+def test_bench_tiny_reports_both_configurations(capsys):
+    result = run_benchmark("tiny", 64, steps=1, device="cpu")
+    assert set(result["timings"]) == {"engine", "official-equivalent"}
+    for figures in result["timings"].values():
+        assert figures["phase1_s_per_step"] > 0 and figures["phase2_s_per_step"] > 0
+    assert set(result["peak_bytes"]) == {"engine", "official-equivalent"}
+    assert result["ratios"]["phase1_s_per_step_speedup"] > 0
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last_line)["preset"] == "tiny"
+
+
+def test_official_equivalent_configuration_is_the_official_recipe():
+    import torch
+
+    configs = configurations(torch.device("cpu"))
+    cls, settings = configs["official-equivalent"]
+    assert cls is OfficialEquivalentRun
+    assert settings == {"mode": "full", "train_text_encoder": True, "mixed_precision": "no"}
+    assert configs["engine"][1]["mode"] == "lora"
