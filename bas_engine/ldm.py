@@ -500,7 +500,11 @@ def _components_from_ldm(state_dict, tokenizer_dir, *, unet_config, prediction_t
             m.to(dtype=dtype)
         m.eval()
         m.requires_grad_(False)
-    return SDComponents(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=load_tokenizer(tokenizer_dir, fam),
+    tokenizer = load_tokenizer(tokenizer_dir, fam)
+    # Prompts are padded/truncated to model_max_length: it must fit the text encoder (ComfyUI's bundled
+    # tokenizer folder says 8192).
+    tokenizer.model_max_length = min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings)
+    return SDComponents(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                         noise_scheduler=make_scheduler(prediction_type or "epsilon"), family=fam)
 
 

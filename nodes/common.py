@@ -1,0 +1,144 @@
+"""Shared helpers of the nodes: the model folder, model-family checks, names and user-facing errors.
+
+Nothing here imports the engine at module level (it pulls in diffusers); node code imports it lazily.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+CATEGORY = "Break-A-Scene"
+#: folder_paths name of the concept-pack folder (models/break_a_scene, extra_model_paths.yaml `break_a_scene:`)
+PACK_FOLDER = "break_a_scene"
+PACK_EXTENSIONS = {".safetensors"}
+
+#: ComfyUI model_config class name -> engine family
+FAMILY_BY_CONFIG = {"SD15": "sd1", "SD20": "sd2"}
+#: engine family -> name of the text encoder in ComfyUI's CLIP (tokenizer attribute / state-dict prefix)
+ENCODER_BY_FAMILY = {"sd1": "clip_l", "sd2": "clip_h"}
+FAMILY_LABEL = {"sd1": "SD1.x", "sd2": "SD2.x"}
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+class UserError(ValueError):
+    """An error the user can fix; ComfyUI shows the message in the UI."""
+
+
+def user_error(what: str, exc: BaseException) -> UserError:
+    """Wrap an engine error (BASError) so the message names the node input it concerns."""
+    message = str(exc)
+    return UserError(message if message.startswith(f"{what}:") else f"{what}: {message}")
+
+
+# -- model folder ----------------------------------------------------------------------------------------------
+
+def register_model_folder() -> None:
+    """Register models/break_a_scene for .safetensors packs, keeping paths already configured.
+
+    ComfyUI reads extra_model_paths.yaml before it imports custom nodes, so a ``break_a_scene:`` entry may
+    already be there: its folders are kept (and stay first, so packs are saved there) and the default
+    folder is appended. Paths added later (add_model_folder_path) are appended to ours.
+    """
+    import folder_paths
+
+    default = os.path.join(folder_paths.models_dir, PACK_FOLDER)
+    entry = folder_paths.folder_names_and_paths.get(PACK_FOLDER)
+    if entry is None:
+        folder_paths.folder_names_and_paths[PACK_FOLDER] = ([default], set(PACK_EXTENSIONS))
+        return
+    paths = list(entry[0])
+    if default not in paths:
+        paths.append(default)
+    folder_paths.folder_names_and_paths[PACK_FOLDER] = (paths, set(PACK_EXTENSIONS))
+
+
+def packs_dir() -> str:
+    """The folder new packs are written to: the first registered break_a_scene folder."""
+    import folder_paths
+
+    if PACK_FOLDER not in folder_paths.folder_names_and_paths:
+        register_model_folder()
+    return folder_paths.get_folder_paths(PACK_FOLDER)[0]
+
+
+def first_folder(kind: str) -> str:
+    import folder_paths
+
+    try:
+        paths = folder_paths.get_folder_paths(kind)
+    except KeyError:
+        paths = []
+    if not paths:
+        raise UserError(f"ComfyUI has no '{kind}' model folder configured")
+    return paths[0]
+
+
+def check_name(value: str, what: str) -> str:
+    value = (value or "").strip()
+    if not _NAME_RE.match(value):
+        raise UserError(f"{what}: {value!r} is not a usable file name; use letters, digits, '_' and '-' only")
+    return value
+
+
+# -- model families --------------------------------------------------------------------------------------------
+
+def model_family(model, what: str = "model") -> str:
+    """'sd1' or 'sd2' for a ComfyUI MODEL; anything else is an error naming the model's family."""
+    if model is None:
+        raise UserError(f"{what}: no model connected")
+    base = getattr(model, "model", None)
+    config = getattr(base, "model_config", None)
+    name = type(config).__name__ if config is not None else type(base).__name__
+    family = FAMILY_BY_CONFIG.get(name)
+    if family is None:
+        raise UserError(f"{what}: this is a {name} model; Break-A-Scene supports SD1.x (SD15) and SD2.x (SD20) "
+                        "checkpoints only")
+    prediction_type(model, what)
+    return family
+
+
+def prediction_type(model, what: str = "model") -> str:
+    from comfy.model_base import ModelType
+
+    model_type = getattr(model.model, "model_type", None)
+    if model_type == ModelType.EPS:
+        return "epsilon"
+    if model_type == ModelType.V_PREDICTION:
+        return "v_prediction"
+    label = getattr(model_type, "name", model_type)
+    raise UserError(f"{what}: prediction type {label} is not supported (epsilon and v-prediction are)")
+
+
+def clip_encoder(clip, what: str = "clip") -> str:
+    """Name of the CLIP's text encoder ('clip_l', 'clip_h', ...)."""
+    if clip is None:
+        raise UserError(f"{what}: no CLIP connected (does the checkpoint have a text encoder?)")
+    tokenizer = getattr(clip, "tokenizer", None)
+    name = getattr(tokenizer, "clip", None)
+    if not isinstance(name, str) or not hasattr(tokenizer, name):
+        raise UserError(f"{what}: this CLIP ({type(tokenizer).__name__}) is not an SD1.x/SD2.x text encoder")
+    return name
+
+
+def check_clip(clip, family: str, what: str = "clip") -> str:
+    encoder = clip_encoder(clip, what)
+    expected = ENCODER_BY_FAMILY[family]
+    if encoder != expected:
+        raise UserError(f"{what}: this CLIP has a {encoder} text encoder, but the {FAMILY_LABEL[family]} model "
+                        f"needs {expected}; connect the CLIP of the same checkpoint")
+    return encoder
+
+
+def comfy_tokenizer_dir() -> str:
+    """ComfyUI's bundled CLIP tokenizer (SD1 and SD2 both use it)."""
+    import comfy.sd1_clip
+
+    return os.path.join(os.path.dirname(os.path.abspath(comfy.sd1_clip.__file__)), "sd1_tokenizer")
+
+
+def unet_fingerprint(model) -> str:
+    """Fingerprint of the MODEL's base UNet weights, as the engine stores it in packs (no conversion)."""
+    from ..bas_engine.models import model_fingerprint
+
+    return model_fingerprint(model.model.diffusion_model.state_dict())

@@ -1,0 +1,213 @@
+"""BAS_HandleInjector: a MODEL/CLIP pair that knows a concept pack (LoRA or full deltas + handle embeddings).
+
+Weights go through ComfyUI's own patching (``comfy.sd.load_lora_for_models`` for LoRA packs,
+``ModelPatcher.add_patches`` for full-mode deltas), so ComfyUI applies them when it loads the model and undoes
+them afterwards; the input MODEL and CLIP are never modified. The handles become in-memory embeddings of the
+CLIP clone, named like the exported files (``embedding:<pack>_<concept>``).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from comfy_api.latest import io
+
+from .common import CATEGORY, ENCODER_BY_FAMILY, FAMILY_LABEL, UserError, check_clip, clip_encoder, model_family
+from .common import unet_fingerprint
+from .types import Concepts, ConceptsType
+
+log = logging.getLogger("break_a_scene")
+
+
+# -- handle embeddings on a CLIP -------------------------------------------------------------------------------
+
+class HandleLookup:
+    """Stands in for an SDTokenizer's ``_try_get_embedding``: the pack's handles first, then ComfyUI's lookup
+    (files in the embedding folders)."""
+
+    def __init__(self, handles: dict[str, torch.Tensor], fallback):
+        self.handles = handles
+        self.fallback = fallback
+
+    def __call__(self, embedding_name: str):
+        words = embedding_name.split()
+        if words:
+            name, leftover = words[0], " ".join(words[1:])
+            if name in self.handles:
+                return self.handles[name], leftover
+            stripped = name.strip(",")
+            if stripped in self.handles:
+                return self.handles[stripped], f"{name[len(stripped):]} {leftover}"
+        return self.fallback(embedding_name)
+
+
+def handle_vectors(concepts: Concepts, encoder: str) -> dict[str, torch.Tensor]:
+    """{embedding name: (1, dim) float32 vector} of the pack's handles for the CLIP's text encoder."""
+    pack = concepts.pack
+    vectors = pack.handles.get(encoder)
+    if vectors is None:
+        if len(pack.handles) != 1:
+            raise UserError(f"concepts: the pack has handles for {sorted(pack.handles)}, not for {encoder}")
+        vectors = next(iter(pack.handles.values()))
+    with torch.inference_mode(False):
+        vectors = vectors.detach().to("cpu", torch.float32).clone()
+    return {stem: vectors[i:i + 1] for i, stem in enumerate(concepts.stems())}
+
+
+def installed_handles(clip) -> dict[str, torch.Tensor]:
+    tokenizer = clip.tokenizer
+    inner = getattr(tokenizer, tokenizer.clip, None)
+    lookup = getattr(inner, "_try_get_embedding", None)
+    return lookup.handles if isinstance(lookup, HandleLookup) else {}
+
+
+def has_handles(clip, concepts: Concepts) -> bool:
+    installed = installed_handles(clip)
+    wanted = handle_vectors(concepts, clip.tokenizer.clip)
+    return all(name in installed and torch.equal(installed[name], vec) for name, vec in wanted.items())
+
+
+def install_handles(clip, concepts: Concepts) -> None:
+    """Give `clip` (a clone: its tokenizer object is replaced, not changed) the pack's handles as embeddings."""
+    encoder = clip_encoder(clip)
+    tokenizer = clip.tokenizer
+    inner = getattr(tokenizer, encoder)
+    vectors = handle_vectors(concepts, encoder)
+    size = getattr(inner, "embedding_size", None)
+    for name, vec in vectors.items():
+        if size is not None and vec.shape[-1] != size:
+            raise UserError(f"concepts: handle {name} has {vec.shape[-1]} values, this CLIP's {encoder} embeds "
+                            f"{size}; the pack was made for another model family")
+    new_inner = copy.copy(inner)
+    handles = {**installed_handles(clip), **vectors}
+    fallback = type(inner)._try_get_embedding.__get__(new_inner)
+    new_inner._try_get_embedding = HandleLookup(handles, fallback)
+    if new_inner.embedding_directory is None:       # ComfyUI ignores 'embedding:' without a directory
+        new_inner.embedding_directory = []
+    new_tokenizer = copy.copy(tokenizer)
+    setattr(new_tokenizer, encoder, new_inner)
+    clip.tokenizer = new_tokenizer
+
+
+# -- weights -----------------------------------------------------------------------------------------------------
+
+def _lora_module(key: str) -> str:
+    return key.split(".", 1)[0]          # kohya names have no dots: lora_unet_x_y.lora_down.weight
+
+
+def apply_lora(model, clip, pack, strength_model: float, strength_clip: float):
+    import comfy.lora
+    import comfy.sd
+
+    from ..bas_engine.pack import export_kohya_lora
+
+    lora = export_kohya_lora(pack)
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
+    modules = sorted({_lora_module(k) for k in lora})
+    missing = [m for m in modules if m not in key_map]
+    if missing:
+        raise UserError(f"concepts: {len(missing)} of the pack's {len(modules)} LoRA modules have no counterpart in "
+                        f"this MODEL/CLIP (e.g. {', '.join(missing[:3])}); the pack was made for another model")
+    new_model, new_clip = comfy.sd.load_lora_for_models(model, clip, lora, strength_model, strength_clip)
+    dropped = []
+    for module in modules:
+        target = key_map[module]
+        key = target if isinstance(target, str) else target[0]
+        added = any(len(patcher.patches.get(key, ())) > len(before.patches.get(key, ()))
+                    for patcher, before in ((new_model, model), (new_clip.patcher, clip.patcher)))
+        if not added:
+            dropped.append(module)
+    if dropped:
+        raise UserError(f"concepts: ComfyUI did not load {len(dropped)} of the pack's {len(modules)} LoRA modules "
+                        f"(e.g. {', '.join(dropped[:3])})")
+    return new_model, new_clip
+
+
+def apply_deltas(model, clip, pack, family: str, strength_model: float, strength_clip: float):
+    from ..bas_engine.ldm import diffusers_to_comfy_clip_keys, diffusers_to_ldm_unet_keys, diffusers_unet_config
+
+    unet_deltas = {k[len("unet."):]: v for k, v in pack.deltas.items() if k.startswith("unet.")}
+    te_deltas = {k[len("text_encoder."):]: v for k, v in pack.deltas.items() if k.startswith("text_encoder.")}
+    other = [k for k in pack.deltas if not k.startswith(("unet.", "text_encoder."))]
+    if other:
+        raise UserError(f"concepts: unexpected weight deltas in the pack ({', '.join(other[:3])})")
+    new_model, new_clip = model.clone(), clip.clone()
+    if unet_deltas:
+        names = diffusers_to_ldm_unet_keys(diffusers_unet_config(model.model.model_config.unet_config, family=family))
+        unknown = [k for k in unet_deltas if k not in names]
+        if unknown:
+            raise UserError(f"concepts: the pack changes UNet weights this model does not have "
+                            f"(e.g. {', '.join(unknown[:3])})")
+        patches = {"diffusion_model." + names[k]: (v,) for k, v in unet_deltas.items()}
+        accepted = set(new_model.add_patches(patches, strength_model))
+        if accepted != set(patches):
+            missing = sorted(set(patches) - accepted)
+            raise UserError(f"concepts: ComfyUI refused {len(missing)} UNet weight deltas (e.g. {missing[:3]})")
+    if te_deltas:
+        names = diffusers_to_comfy_clip_keys(list(te_deltas), family)
+        patches = {names[k]: (v,) for k, v in te_deltas.items()}
+        accepted = set(new_clip.add_patches(patches, strength_clip))
+        if accepted != set(patches):
+            missing = sorted(set(patches) - accepted)
+            raise UserError(f"concepts: ComfyUI refused {len(missing)} text-encoder weight deltas "
+                            f"(e.g. {missing[:3]})")
+    return new_model, new_clip
+
+
+def inject(model, clip, concepts: Concepts, strength_model: float = 1.0, strength_clip: float = 1.0):
+    from ..bas_engine.errors import BASError
+    from ..bas_engine.pack import check_compatible
+
+    if not isinstance(concepts, Concepts):
+        raise UserError(f"concepts: expected BAS_CONCEPTS, got {type(concepts).__name__}")
+    family = model_family(model)
+    check_clip(clip, family)
+    pack = concepts.pack
+    try:
+        for warning in check_compatible(pack, family, unet_fingerprint(model)):
+            log.warning("Break-A-Scene Handle Injector: %s", warning)
+    except BASError as exc:
+        raise UserError(f"concepts: {exc} ({FAMILY_LABEL.get(pack.family, pack.family)} pack, "
+                        f"{FAMILY_LABEL[family]} model)") from exc
+    if ENCODER_BY_FAMILY[family] not in pack.handles and len(pack.handles) != 1:
+        raise UserError(f"concepts: the pack has no handles for {ENCODER_BY_FAMILY[family]}")
+    if pack.mode == "lora":
+        new_model, new_clip = apply_lora(model, clip, pack, strength_model, strength_clip)
+    else:
+        new_model, new_clip = apply_deltas(model, clip, pack, family, strength_model, strength_clip)
+    install_handles(new_clip, concepts)
+    return new_model, new_clip
+
+
+class HandleInjector(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="BAS_HandleInjector",
+            display_name="Handle Injector",
+            category=CATEGORY,
+            description="Applies a concept pack to a MODEL and CLIP: its LoRA (through ComfyUI's LoRA loading) or "
+                        "full fine-tune deltas, and its handles as embeddings, so any prompt node can write "
+                        "'embedding:<pack>_<concept>' (the Concept Prompt Encoder also takes <asset0> / <name>).",
+            inputs=[
+                io.Model.Input("model", tooltip="The model the pack was trained on (same SD family)."),
+                io.Clip.Input("clip", tooltip="The CLIP of the same checkpoint."),
+                ConceptsType.Input("concepts", tooltip="The concept pack (Trainer or Load Concept Pack)."),
+                io.Float.Input("strength_model", default=1.0, min=-10.0, max=10.0, step=0.01,
+                               tooltip="Strength of the pack's UNet weights (LoRA or deltas)."),
+                io.Float.Input("strength_clip", default=1.0, min=-10.0, max=10.0, step=0.01,
+                               tooltip="Strength of the pack's text-encoder weights, if it has any (the handle "
+                                       "embeddings themselves are not scaled)."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model", tooltip="The model with the pack's weights."),
+                io.Clip.Output(display_name="clip", tooltip="The CLIP with the pack's weights and handles."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, concepts, strength_model: float = 1.0, strength_clip: float = 1.0) -> io.NodeOutput:
+        new_model, new_clip = inject(model, clip, concepts, float(strength_model), float(strength_clip))
+        return io.NodeOutput(new_model, new_clip)

@@ -1,0 +1,77 @@
+"""BAS_ConceptPromptEncoder: CLIPTextEncode that understands <asset0> / <concept name>."""
+from __future__ import annotations
+
+import re
+
+from comfy_api.latest import io
+
+from .common import ENCODER_BY_FAMILY, CATEGORY, UserError, clip_encoder
+from .inject import has_handles, install_handles
+from .types import Concepts, ConceptsType
+
+HANDLE_RE = re.compile(r"<([^<>\s]+)>")
+
+
+def rewrite_prompt(text: str, concepts: Concepts) -> str:
+    """Write every <asset0> / <concept name> as ' embedding:<pack>_<concept> ' (ComfyUI's embedding syntax).
+
+    The spaces around it keep ComfyUI's tokenizer seeing the embedding as its own word (it only recognises
+    'embedding:' at the start or after a space) and do not change CLIP's tokens; weights such as
+    (<asset0>:1.2) keep working.
+    """
+    from ..bas_engine.errors import BASError
+
+    pack = concepts.pack
+    stems = dict(zip(pack.tokens, concepts.stems()))
+
+    def replace(match: re.Match) -> str:
+        try:
+            token = pack.token_for(match.group(0))
+        except BASError as exc:
+            raise UserError(f"text: {exc}") from exc
+        return f" embedding:{stems[token]} "
+
+    return HANDLE_RE.sub(replace, text or "")
+
+
+def encode(clip, concepts: Concepts, text: str):
+    if not isinstance(concepts, Concepts):
+        raise UserError(f"concepts: expected BAS_CONCEPTS, got {type(concepts).__name__}")
+    encoder = clip_encoder(clip)
+    family = concepts.pack.family
+    if family in ENCODER_BY_FAMILY and ENCODER_BY_FAMILY[family] != encoder:
+        raise UserError(f"concepts: the pack was trained on a {family} model (text encoder "
+                        f"{ENCODER_BY_FAMILY[family]}), but this CLIP has {encoder}")
+    rewritten = rewrite_prompt(text, concepts)
+    if not has_handles(clip, concepts):
+        clip = clip.clone()
+        install_handles(clip, concepts)
+    return clip.encode_from_tokens_scheduled(clip.tokenize(rewritten))
+
+
+class ConceptPromptEncoder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="BAS_ConceptPromptEncoder",
+            display_name="Concept Prompt Encoder",
+            category=CATEGORY,
+            description="Encodes a prompt that names the pack's concepts as <asset0>, <asset1>, ... or by their "
+                        "names (<cat>), e.g. 'an oil painting of <asset1> next to <asset0>'. Use the CLIP of the "
+                        "Handle Injector to get the pack's text-encoder weights too. ComfyUI's (word:1.2) weights "
+                        "and embedding: work as usual.",
+            inputs=[
+                io.Clip.Input("clip", tooltip="The CLIP to encode with (from the Handle Injector for LoRA packs "
+                                              "trained with the text encoder)."),
+                ConceptsType.Input("concepts", tooltip="The concept pack whose handles the prompt uses."),
+                io.String.Input("text", multiline=True, default="a photo of <asset0>",
+                                tooltip="The prompt. <asset0> or <concept name> stands for a concept; an unknown "
+                                        "<...> is an error listing the pack's handles."),
+            ],
+            outputs=[io.Conditioning.Output(display_name="conditioning",
+                                            tooltip="The conditioning for a sampler's positive input.")],
+        )
+
+    @classmethod
+    def execute(cls, clip, concepts, text: str = "") -> io.NodeOutput:
+        return io.NodeOutput(encode(clip, concepts, text))

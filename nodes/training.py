@@ -1,0 +1,303 @@
+"""BAS_Trainer: ComfyUI MODEL/CLIP/VAE + scene -> trained concept pack (saved, or loaded from the cache).
+
+Translation only: the model is converted with ``bas_engine.ldm.components_from_ldm`` and trained by
+``bas_engine.trainer.train``; this module maps ComfyUI's progress bar, previews, interrupt and memory
+management onto the engine's callbacks.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import traceback
+
+import torch
+from comfy_api.latest import io
+
+from .common import (CATEGORY, UserError, check_clip, check_name, comfy_tokenizer_dir, model_family, packs_dir,
+                     prediction_type, unet_fingerprint, user_error)
+from .scene import scene_labels
+from .types import Concepts, ConceptsType, Scene
+
+log = logging.getLogger("break_a_scene")
+
+PREVIEW_SIZE = 512          # longest side of the live preview sent to the UI
+PREVIEWS_PER_PHASE = 8      # about this many attention previews per phase (at most one every 50 steps)
+
+
+def make_config(phase1_steps, phase2_steps, phase1_lr, phase2_lr, mode, lora_rank, train_text_encoder,
+                attention_loss_weight, masked_loss, union_sampling, resolution, seed, num_concepts):
+    from ..bas_engine.config import TrainConfig
+    from ..bas_engine.errors import BASError
+
+    config = TrainConfig(phase1_steps=int(phase1_steps), phase2_steps=int(phase2_steps), phase1_lr=float(phase1_lr),
+                         phase2_lr=float(phase2_lr) if phase2_lr and phase2_lr > 0 else None, mode=mode,
+                         lora_rank=int(lora_rank), train_text_encoder=bool(train_text_encoder),
+                         attention_loss_weight=float(attention_loss_weight), masked_loss=bool(masked_loss),
+                         union_sampling=bool(union_sampling), resolution=int(resolution), seed=int(seed))
+    if config.phase2_steps < 1:
+        raise UserError("phase2_steps: must be at least 1 (phase 2 trains the LoRA / weights the pack holds)")
+    try:
+        config.validate(num_concepts)
+    except BASError as exc:
+        name = str(exc).split(" ", 1)[0]
+        raise user_error(name if name in config.to_dict() else "settings", exc) from exc
+    return config
+
+
+def settings_differences(stored: dict, config) -> list[str]:
+    """Names of the result-changing settings in which a pack's stored settings differ from `config`."""
+    from ..bas_engine.config import RESULT_SETTINGS
+
+    ours = json.loads(json.dumps(config.to_dict()))
+    return [k for k in RESULT_SETTINGS if stored.get(k) != ours.get(k)]
+
+
+def cache_mismatch(pack, fingerprint: str, scene_fingerprint: str, config) -> list[str]:
+    """What differs between a saved pack and this run (empty: the pack is this run's result)."""
+    reasons = []
+    if pack.meta.get("fingerprint") != fingerprint:
+        reasons.append("other model weights")
+    if pack.meta.get("scene_fingerprint") != scene_fingerprint:
+        reasons.append("another scene (image, masks, names or initializers)")
+    changed = settings_differences(pack.meta.get("settings") or {}, config)
+    if changed:
+        reasons.append("other settings (" + ", ".join(changed) + ")")
+    return reasons
+
+
+def trainable_scene(scene):
+    """A copy of the scene whose tensors are normal (not inference) tensors."""
+    from ..bas_engine.scene import Scene as EngineScene
+
+    if not all(hasattr(scene, a) for a in ("image", "masks", "names", "initializers")):
+        raise UserError(f"scene: expected a BAS_SCENE from the Masked Concept Loader, got {type(scene).__name__}")
+    with torch.inference_mode(False):
+        return EngineScene(scene.image.detach().cpu().float().clone(), scene.masks.detach().cpu().float().clone(),
+                           list(scene.names), list(scene.initializers))
+
+
+class _Progress:
+    """TrainCallbacks targets: ComfyUI progress bar, attention previews, interrupt flag, loss history."""
+
+    def __init__(self, total: int, node_id, labels: list[str]):
+        import comfy.utils
+
+        self.bar = comfy.utils.ProgressBar(total, node_id=node_id)
+        self.labels = labels
+        self.history: dict[str, list[float]] = {}
+        self.last_preview = None
+        self.steps = 0
+
+    def should_cancel(self) -> bool:
+        import comfy.model_management
+
+        return comfy.model_management.processing_interrupted()
+
+    def on_progress(self, event) -> None:
+        self.steps += 1
+        for key in ("diffusion", "attention"):
+            if key in event.losses:
+                self.history.setdefault(key, []).append(float(event.losses[key]))
+        self.bar.update_absolute(event.done, event.total)     # the server hook may raise InterruptProcessingException
+
+    def on_preview(self, event) -> None:
+        from ..bas_engine.preview import attention_overlay
+
+        self.last_preview = event
+        picture = attention_overlay(event.image, event.maps, self.labels, event.chosen)
+        self.bar.update_absolute(event.done, event.total, ("JPEG", picture, PREVIEW_SIZE))
+
+    def picture(self, scene):
+        from ..bas_engine.preview import attention_overlay, loss_curve, mask_overlay, stack_vertically
+
+        if self.last_preview is None:
+            return mask_overlay(scene.image, scene.masks, self.labels)
+        event = self.last_preview
+        sheet = attention_overlay(event.image, event.maps, self.labels, event.chosen)
+        return stack_vertically([sheet, loss_curve(self.history, (max(sheet.width, 384), 192))])
+
+
+def _clear_frames(exc: BaseException | None) -> None:
+    """Release the locals of finished frames an exception keeps alive (the engine's modules, optimizer)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if exc.__traceback__ is not None:
+            traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
+
+
+def release_memory() -> None:
+    import comfy.model_management
+
+    gc.collect()
+    comfy.model_management.soft_empty_cache()
+
+
+def train_pack(model, clip, vae, scene, config, node_id):
+    """Convert ComfyUI's model to diffusers modules, train, and return (pack, progress)."""
+    import comfy.model_management as mm
+
+    from ..bas_engine.callbacks import TrainCallbacks
+    from ..bas_engine.errors import BASError, Cancelled
+    from ..bas_engine.ldm import components_from_ldm
+
+    if getattr(model, "patches", None) or getattr(getattr(clip, "patcher", None), "patches", None):
+        log.warning("Break-A-Scene Trainer: the MODEL/CLIP carry weight patches (e.g. a LoRA); training uses the "
+                    "checkpoint's own weights without them")
+    labels = scene_labels(scene)
+    steps = max(config.phase1_steps, config.phase2_steps)
+    progress = _Progress(config.phase1_steps + config.phase2_steps, node_id, labels)
+    callbacks = TrainCallbacks(on_progress=progress.on_progress, should_cancel=progress.should_cancel,
+                               on_preview=progress.on_preview,
+                               preview_every=max(1, min(50, steps // PREVIEWS_PER_PHASE)))
+    components = None
+    cancelled = False
+    try:
+        state = model.model.state_dict_for_saving(clip.get_sd(), vae.get_sd())
+        try:
+            components = components_from_ldm(state, comfy_tokenizer_dir(),
+                                             unet_config=model.model.model_config.unet_config,
+                                             prediction_type=prediction_type(model))
+        finally:
+            del state
+        from ..bas_engine.trainer import train
+
+        with torch.inference_mode(False):
+            pack = train(components, scene, config, callbacks, device=mm.get_torch_device(),
+                         cache_dir=os.path.join(_temp_dir(), "break_a_scene"))
+        return pack, progress
+    except Cancelled as exc:
+        _clear_frames(exc)
+        cancelled = True
+    except BASError as exc:
+        _clear_frames(exc)
+        raise user_error("Break-A-Scene Trainer", exc) from exc
+    except BaseException as exc:     # InterruptProcessingException from the progress hook, OOM, ...: propagate
+        _clear_frames(exc)
+        raise
+    finally:
+        if components is not None:
+            # The dataclass may still be referenced from a traceback: empty it so the modules can go.
+            components.unet = components.vae = components.text_encoder = None
+        components = None
+        release_memory()
+    if cancelled:
+        mm.throw_exception_if_processing_interrupted()       # clears ComfyUI's flag and raises
+        raise mm.InterruptProcessingException()
+
+
+def _temp_dir() -> str:
+    import folder_paths
+
+    return folder_paths.get_temp_directory()
+
+
+class Trainer(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="BAS_Trainer",
+            display_name="Break-A-Scene Trainer",
+            category=CATEGORY,
+            description="Learns one handle per concept of the scene (phase 1: handles only; phase 2: handles + "
+                        "LoRA or full fine-tune) and saves the concept pack to models/break_a_scene/<pack_name>."
+                        "safetensors. The same model, scene and settings load the saved pack instead of training "
+                        "again. SD1.x and SD2.x checkpoints.",
+            inputs=[
+                io.Model.Input("model", tooltip="The SD1.x / SD2.x model to learn the concepts on (its own weights; "
+                                                "LoRAs applied before this node are ignored)."),
+                io.Clip.Input("clip", tooltip="The CLIP of the same checkpoint."),
+                io.Vae.Input("vae", tooltip="The VAE of the same checkpoint (encodes the picture once)."),
+                Scene.Input("scene", tooltip="The scene from the Masked Concept Loader."),
+                io.String.Input("pack_name", default="scene",
+                                tooltip="File name of the pack in models/break_a_scene (letters, digits, _ and -). "
+                                        "Also the prefix of the handle embeddings: embedding:<pack_name>_<concept>."),
+                io.Int.Input("phase1_steps", default=400, min=0, max=100000,
+                             tooltip="Phase 1 steps: only the handle embeddings train (paper: 400)."),
+                io.Int.Input("phase2_steps", default=400, min=1, max=100000,
+                             tooltip="Phase 2 steps: handles and denoiser train together (paper: 400)."),
+                io.Float.Input("phase1_lr", default=5e-4, min=0.0, max=1.0, step=1e-5, round=False,
+                               tooltip="Learning rate of the handles in phase 1 (paper: 5e-4)."),
+                io.Float.Input("phase2_lr", default=0.0, min=0.0, max=1.0, step=1e-6, round=False,
+                               tooltip="Learning rate of the denoiser in phase 2; 0 = auto (1e-4 for LoRA, 2e-6 "
+                                       "for full fine-tuning as in the paper)."),
+                io.Combo.Input("mode", options=["lora", "full"], default="lora",
+                               tooltip="lora: low-rank adapters on the attention layers (small pack, exports as a "
+                                       "LoRA). full: fine-tune the whole UNet as the paper does (large pack, "
+                                       "more memory)."),
+                io.Int.Input("lora_rank", default=16, min=1, max=256,
+                             tooltip="Rank of the LoRA adapters (mode lora)."),
+                io.Boolean.Input("train_text_encoder", default=False,
+                                 tooltip="Also adapt the text encoder in phase 2 (LoRA or full)."),
+                io.Float.Input("attention_loss_weight", default=0.01, min=0.0, max=10.0, step=0.001, round=False,
+                               tooltip="Weight of the cross-attention loss that ties each handle to its mask "
+                                       "(paper: 0.01; 0 turns it off)."),
+                io.Boolean.Input("masked_loss", default=True,
+                                 tooltip="Diffusion loss only inside the chosen concepts' masks (paper: on)."),
+                io.Boolean.Input("union_sampling", default=True,
+                                 tooltip="Each step trains a random subset of the concepts together (paper: on)."),
+                io.Int.Input("resolution", default=512, min=64, max=2048, step=64,
+                             tooltip="Training resolution (about resolution² pixels; the aspect ratio is kept)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
+                             tooltip="Seed of the training run (noise, timesteps, concept subsets, flips)."),
+                io.Boolean.Input("retrain", default=False,
+                                 tooltip="Train even if the pack exists, and overwrite it. Off: a saved pack of "
+                                         "the same model, scene and settings is loaded; a different one with this "
+                                         "name is an error."),
+            ],
+            outputs=[
+                ConceptsType.Output(display_name="concepts", tooltip="The trained concept pack."),
+                io.Image.Output(display_name="preview", tooltip="Attention of each handle over the picture at the "
+                                                                "last step, and the loss curves."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, scene, pack_name: str = "scene", phase1_steps: int = 400,
+                phase2_steps: int = 400, phase1_lr: float = 5e-4, phase2_lr: float = 0.0, mode: str = "lora",
+                lora_rank: int = 16, train_text_encoder: bool = False, attention_loss_weight: float = 0.01,
+                masked_loss: bool = True, union_sampling: bool = True, resolution: int = 512, seed: int = 0,
+                retrain: bool = False) -> io.NodeOutput:
+        import comfy.model_management as mm
+
+        from ..bas_engine.errors import PackError
+        from ..bas_engine.pack import load_pack, save_pack
+        from ..bas_engine.preview import mask_overlay, pil_to_tensor
+
+        family = model_family(model)
+        check_clip(clip, family)
+        if vae is None:
+            raise UserError("vae: no VAE connected")
+        pack_name = check_name(pack_name, "pack_name")
+        scene = trainable_scene(scene)
+        config = make_config(phase1_steps, phase2_steps, phase1_lr, phase2_lr, mode, lora_rank, train_text_encoder,
+                             attention_loss_weight, masked_loss, union_sampling, resolution, seed,
+                             scene.num_concepts)
+        path = os.path.join(packs_dir(), pack_name + ".safetensors")
+
+        mm.unload_all_models()      # unpatched weights for the fingerprint, and room for training
+        fingerprint = unet_fingerprint(model)
+        if os.path.exists(path) and not retrain:
+            try:
+                saved = load_pack(path)
+            except PackError as exc:
+                raise UserError(f"pack_name: {path} exists but is not a usable concept pack ({exc}); choose another "
+                                "pack_name, or turn on retrain to overwrite it") from exc
+            reasons = cache_mismatch(saved, fingerprint, scene.fingerprint(), config)
+            if not reasons:
+                preview = pil_to_tensor(mask_overlay(scene.image, scene.masks, scene_labels(scene)))[None]
+                summary = f"loaded {pack_name}.safetensors (same model, scene and settings; no training)"
+                return io.NodeOutput(Concepts(saved, pack_name, path), preview, ui={"bas_summary": [summary]})
+            raise UserError(f"pack_name: {path} already exists and was trained with {'; '.join(reasons)}. Choose "
+                            "another pack_name, or turn on retrain to overwrite it.")
+
+        pack, progress = train_pack(model, clip, vae, scene, config, cls.hidden.unique_id if cls.hidden else None)
+        save_pack(pack, path)
+        preview = pil_to_tensor(progress.picture(scene))[None]
+        summary = (f"trained {config.phase1_steps}+{config.phase2_steps} steps ({config.mode}), saved "
+                   f"{pack_name}.safetensors")
+        return io.NodeOutput(Concepts(pack, pack_name, path), preview, ui={"bas_summary": [summary]})
