@@ -5,13 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-status=0
-.venv/bin/python -m pytest -q tests --ignore=tests/comfy "$@" || status=$?
 if [ -n "${COMFYUI_PATH:-}" ] && [ -x "$COMFYUI_PATH/.venv/bin/python" ]; then
-  echo "== ComfyUI tests against $COMFYUI_PATH"
-  "$COMFYUI_PATH/.venv/bin/python" -m pytest -q tests/comfy "$@" || status=$?
-else
-  echo "== ComfyUI tests: COMFYUI_PATH is not set (or has no .venv); listing them as skipped"
-  .venv/bin/python -m pytest -q tests/comfy -rs "$@" || [ $? -eq 5 ] || status=$?
+  status=0
+  .venv/bin/python -m pytest -q tests --ignore=tests/comfy "$@" || status=$?
+  echo "== ComfyUI tests against $COMFYUI_PATH (ComfyUI's own venv)"
+  "$COMFYUI_PATH/.venv/bin/python" -m pytest -q -rs tests/comfy "$@" || status=$?
+  exit $status
 fi
-exit $status
+echo "== COMFYUI_PATH is not set (or has no .venv): the ComfyUI tests are skipped, reasons below"
+exec .venv/bin/python -m pytest -q -rs tests "$@"
