@@ -69,6 +69,8 @@ class SceneTensors:
             latents.append(posterior.sample(noise))
             latent_masks = self.latent_masks.flip(-1) if flip else self.latent_masks
             attention_masks = self.attention_masks.flip(-1) if flip else self.attention_masks
-            unions.append(latent_masks[chosen_row.to(latent_masks.device)].amax(0, keepdim=True))
+            # Multiplying by the 0/1 choice (rather than boolean indexing) keeps the step free of host syncs.
+            weights = chosen_row.to(latent_masks.device, latent_masks.dtype)[:, None, None]
+            unions.append((latent_masks * weights).amax(0, keepdim=True))
             attention.append(attention_masks)
         return torch.cat(latents), torch.stack(unions), torch.stack(attention)
