@@ -13,10 +13,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from .errors import ModelError
 
-#: cross-attention context width -> model family (the text encoder decides the family)
-FAMILY_BY_CONTEXT = {768: "sd1", 1024: "sd2"}
-#: text-encoder name per family, as ComfyUI and the pack format call it
-ENCODER_BY_FAMILY = {"sd1": "clip_l", "sd2": "clip_h"}
+from .families import ENCODER_BY_FAMILY, FAMILY_BY_CONTEXT, FAMILY_NAMES  # noqa: F401 (re-exported)
 
 
 @dataclass

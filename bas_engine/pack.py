@@ -10,6 +10,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .errors import PackError
+from .families import FAMILY_NAMES
 from .fileio import save_safetensors_atomic
 
 FORMAT_NAME = "break-a-scene-concept-pack"
@@ -118,7 +119,8 @@ def check_compatible(pack: ConceptPack, family: str, fingerprint: str | None = N
     Returns warnings (other weights of the same family still work, as LoRAs do, but less faithfully).
     """
     if pack.family and pack.family != family:
-        raise PackError(f"concept pack was trained on a {pack.family} model, but the model given is {family}")
+        trained, given = (FAMILY_NAMES.get(f, f) for f in (pack.family, family))
+        raise PackError(f"concept pack was trained on an {trained} model, but the model given is {given}")
     warnings = []
     trained_on = pack.meta.get("fingerprint")
     if fingerprint and trained_on and fingerprint != trained_on:

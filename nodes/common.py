@@ -14,9 +14,8 @@ PACK_EXTENSIONS = {".safetensors"}
 
 #: ComfyUI model_config class name -> engine family
 FAMILY_BY_CONFIG = {"SD15": "sd1", "SD20": "sd2"}
-#: engine family -> name of the text encoder in ComfyUI's CLIP (tokenizer attribute / state-dict prefix)
-ENCODER_BY_FAMILY = {"sd1": "clip_l", "sd2": "clip_h"}
-FAMILY_LABEL = {"sd1": "SD1.x", "sd2": "SD2.x"}
+# family -> name of the text encoder in ComfyUI's CLIP (tokenizer attribute / state-dict prefix), and labels
+from ..bas_engine.families import ENCODER_BY_FAMILY, FAMILY_NAMES as FAMILY_LABEL  # noqa: E402,F401
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 

@@ -5,7 +5,7 @@ import re
 
 from comfy_api.latest import io
 
-from .common import ENCODER_BY_FAMILY, CATEGORY, UserError, clip_encoder
+from .common import ENCODER_BY_FAMILY, CATEGORY, FAMILY_LABEL, UserError, clip_encoder
 from .inject import has_handles, install_handles
 from .types import Concepts, ConceptsType
 
@@ -40,7 +40,7 @@ def encode(clip, concepts: Concepts, text: str):
     encoder = clip_encoder(clip)
     family = concepts.pack.family
     if family in ENCODER_BY_FAMILY and ENCODER_BY_FAMILY[family] != encoder:
-        raise UserError(f"concepts: the pack was trained on a {family} model (text encoder "
+        raise UserError(f"concepts: the pack was trained on an {FAMILY_LABEL.get(family, family)} model (text encoder "
                         f"{ENCODER_BY_FAMILY[family]}), but this CLIP has {encoder}")
     rewritten = rewrite_prompt(text, concepts)
     if not has_handles(clip, concepts):

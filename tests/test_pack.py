@@ -109,7 +109,7 @@ def test_load_other_format_version(pack, tmp_path):
 
 def test_check_compatible(pack):
     assert check_compatible(pack, "sd1", pack.meta["fingerprint"]) == []
-    with pytest.raises(PackError, match="trained on a sd1 model, but the model given is sd2"):
+    with pytest.raises(PackError, match="trained on an SD1.x model, but the model given is SD2.x"):
         check_compatible(pack, "sd2")
     warnings = check_compatible(pack, "sd1", "0123456789abcdef")
     assert len(warnings) == 1 and pack.meta["fingerprint"] in warnings[0]

@@ -1,0 +1,814 @@
+"""Run a real, headless ComfyUI server with this node pack and talk to it over HTTP and the websocket.
+
+Plain helpers for tests/comfy/test_server*.py (no ComfyUI import: the server runs in its own process, with
+ComfyUI's venv).  Contents:
+
+- ``ComfyServer``: start ``main.py --cpu --listen 127.0.0.1 --port N --base-directory TMP`` with the pack symlinked
+  into TMP/custom_nodes, wait for /object_info, queue prompts, wait for /history, interrupt, read the server's
+  RSS, always stop it (``stop()`` is idempotent and also registered with atexit).
+- ``ui_to_api``: convert a frontend workflow (example_workflows/*.json, format version 0.4) into the API format
+  that POST /prompt takes, using the server's /object_info for the widget order; ``api_problems`` checks an
+  API graph against /object_info (node types, required inputs, link targets and types).
+- ``WebSocket``: a minimal RFC 6455 client (standard library only) for ws://host:port/ws?clientId=...
+- fixture builders: the cached random-weight SD checkpoints (same cache and names as
+  tests/comfy/test_comfy_convert.py) and a random-weight SD1.5-shaped ControlNet in the original
+  (ldm "zero_convs"/"input_hint_block") format that ComfyUI's ControlNetLoader detects as SD15.
+"""
+from __future__ import annotations
+
+import atexit
+import base64
+import copy
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+PACK_FOLDER = "ComfyUI-Break-A-Scene"
+SCENES = os.path.normpath(os.path.join(REPO, "..", "shared", "scenes"))
+CACHE = os.environ.get("BAS_TEST_CACHE", os.path.join(REPO, ".cache", "test_models"))
+EXAMPLE_WORKFLOWS = os.path.join(REPO, "example_workflows")
+#: the node pack folder linked into the server's custom_nodes (default: this checkout)
+PACK_DIR = os.path.abspath(os.environ.get("BAS_PACK_DIR") or REPO)
+
+# ------------------------------------------------------------------------------------------ fixture models
+
+#: same names / version as tests/comfy/test_comfy_convert.py, so both share one cache
+FIXTURES = {"sd15": dict(family="sd1", levels=2), "sd20v": dict(family="sd2", levels=4)}
+FIXTURE_VERSION = 1
+CONTROLNET_VERSION = 1
+
+
+def _ensure_import_paths() -> None:
+    for path in (REPO, os.path.join(REPO, "tests")):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+
+
+def fixture_checkpoint(name: str) -> str:
+    """Path of the cached random-weight checkpoint ``sd15`` (SD1.5-shaped) or ``sd20v`` (SD2, v-prediction)."""
+    path = os.path.join(CACHE, f"{name}-v{FIXTURE_VERSION}.safetensors")
+    if not os.path.exists(path):
+        _ensure_import_paths()
+        from comfy_fixtures import write_sd_checkpoint
+
+        os.makedirs(CACHE, exist_ok=True)
+        tmp = path + ".part.safetensors"
+        write_sd_checkpoint(tmp, **FIXTURES[name])
+        os.replace(tmp, path)
+    return path
+
+
+def controlnet_to_ldm(controlnet, unet) -> dict:
+    """State dict of a diffusers ControlNetModel under the original ControlNet names (no ``control_model.``
+    prefix): the UNet-shared parts by ``bas_engine.ldm.diffusers_to_ldm_unet_keys``, plus
+    controlnet_down_blocks.i -> zero_convs.i.0, controlnet_mid_block -> middle_block_out.0 and the conditioning
+    embedding (conv_in, blocks.j, conv_out) -> input_hint_block.{0, 2(j+1), 2(n+1)}."""
+    from bas_engine.ldm import diffusers_to_ldm_unet_keys
+
+    unet_map = diffusers_to_ldm_unet_keys(unet)
+    sd = controlnet.state_dict()
+    n_blocks = len(controlnet.controlnet_cond_embedding.blocks)
+    out = {}
+    for key, value in sd.items():
+        parts = key.split(".")
+        if key in unet_map:
+            new = unet_map[key]
+        elif parts[0] == "controlnet_down_blocks":
+            new = f"zero_convs.{parts[1]}.0.{parts[2]}"
+        elif parts[0] == "controlnet_mid_block":
+            new = f"middle_block_out.0.{parts[1]}"
+        elif parts[0] == "controlnet_cond_embedding":
+            if parts[1] == "conv_in":
+                index = 0
+            elif parts[1] == "blocks":
+                index = 2 * (int(parts[2]) + 1)
+            elif parts[1] == "conv_out":
+                index = 2 * (n_blocks + 1)
+            else:
+                raise KeyError(key)
+            new = f"input_hint_block.{index}.{parts[-1]}"
+        else:
+            raise KeyError(f"no original name for ControlNet parameter {key}")
+        out[new] = value
+    return out
+
+
+def fixture_controlnet() -> str:
+    """A random-weight ControlNet for the sd15 fixture's UNet layout (diffusers ``ControlNetModel.from_unet``,
+    weights randomised, zero convolutions included so that it changes the result), saved fp16 in the original
+    ControlNet format.  ComfyUI's diffusers-format ControlNet path only accepts the full SD1.5/SD2/SDXL layouts,
+    so the original format is the one that loads for a reduced layout."""
+    path = os.path.join(CACHE, f"controlnet-sd15-v{CONTROLNET_VERSION}.safetensors")
+    if os.path.exists(path):
+        return path
+    _ensure_import_paths()
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    from comfy_fixtures import _randomize, sd_unet_config
+
+    unet = UNet2DConditionModel(**sd_unet_config(**FIXTURES["sd15"]))
+    controlnet = ControlNetModel.from_unet(unet)
+    _randomize(controlnet, torch.Generator().manual_seed(7))
+    sd = {k: v.to(torch.float16).contiguous() for k, v in controlnet_to_ldm(controlnet, unet).items()}
+    os.makedirs(CACHE, exist_ok=True)
+    tmp = path + ".part.safetensors"
+    save_file(sd, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ scene inputs
+
+def copy_scene_inputs(input_dir: str, scene: str = "creature") -> list[str]:
+    """Copy ../shared/scenes/<scene>/img.jpg and mask*.png into input_dir as <scene>.jpg and
+    <scene>_mask<i>.png (the names the example workflows use).  Returns the mask file names."""
+    src = os.path.join(SCENES, scene)
+    os.makedirs(input_dir, exist_ok=True)
+    shutil.copyfile(os.path.join(src, "img.jpg"), os.path.join(input_dir, f"{scene}.jpg"))
+    masks = sorted(f for f in os.listdir(src) if f.startswith("mask") and f.endswith(".png"))
+    names = []
+    for i, _ in enumerate(masks):
+        name = f"{scene}_mask{i}.png"
+        shutil.copyfile(os.path.join(src, f"mask{i}.png"), os.path.join(input_dir, name))
+        names.append(name)
+    return names
+
+
+def write_edit_target(input_dir: str, scene: str = "creature", mask_index: int = 1, size: int = 64,
+                      name: str = "edit_target.png") -> str:
+    """An RGBA picture as ComfyUI's mask editor saves it: the scene image at ``size`` px, alpha 0 where
+    ``mask<mask_index>`` is set (LoadImage's MASK output is 1 - alpha)."""
+    import numpy as np
+    from PIL import Image
+
+    src = os.path.join(SCENES, scene)
+    image = Image.open(os.path.join(src, "img.jpg")).convert("RGB").resize((size, size), Image.BICUBIC)
+    mask = Image.open(os.path.join(src, f"mask{mask_index}.png")).convert("L").resize((size, size), Image.BILINEAR)
+    alpha = np.where(np.asarray(mask) > 127, 0, 255).astype(np.uint8)
+    rgba = np.dstack([np.asarray(image), alpha])
+    Image.fromarray(rgba, "RGBA").save(os.path.join(input_dir, name))
+    return name
+
+
+# ------------------------------------------------------------------------------------------ UI -> API
+
+CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
+WIDGET_KINDS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+#: frontend-only node types (no server class)
+VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+
+
+class ConversionError(ValueError):
+    pass
+
+
+def _options(spec) -> dict:
+    return spec[1] if isinstance(spec, (list, tuple)) and len(spec) > 1 and isinstance(spec[1], dict) else {}
+
+
+def is_widget(spec) -> bool:
+    """True when the frontend shows this /object_info input as a widget (it stores a widgets_values entry)."""
+    kind = spec[0]
+    if _options(spec).get("forceInput"):
+        return False
+    return isinstance(kind, list) or kind in WIDGET_KINDS
+
+
+def has_control_widget(name: str, spec) -> bool:
+    """The frontend adds a "control after generate" widget (one more widgets_values entry) after INT/COMBO
+    widgets with control_after_generate, and after INT widgets named seed / noise_seed (legacy convention)."""
+    opts = _options(spec)
+    if "control_after_generate" in opts:
+        return bool(opts["control_after_generate"])
+    return spec[0] == "INT" and name in ("seed", "noise_seed")
+
+
+def ordered_inputs(info: dict) -> list[tuple[str, list, bool]]:
+    """(name, spec, required) in the node's input order (required first, then optional)."""
+    out = []
+    order = info.get("input_order") or {}
+    for section, required in (("required", True), ("optional", False)):
+        specs = info.get("input", {}).get(section, {}) or {}
+        names = order.get(section) or list(specs)
+        out.extend((name, specs[name], required) for name in names if name in specs)
+    return out
+
+
+def widget_inputs(info: dict) -> list[tuple[str, list]]:
+    return [(name, spec) for name, spec, _req in ordered_inputs(info) if is_widget(spec)]
+
+
+def _links_by_id(workflow: dict) -> dict[int, tuple[int, int, int, int, str]]:
+    links = {}
+    for link in workflow.get("links", []):
+        if isinstance(link, dict):
+            links[link["id"]] = (link["origin_id"], link["origin_slot"], link["target_id"], link["target_slot"],
+                                 link.get("type"))
+        else:
+            links[link[0]] = tuple(link[1:6])
+    return links
+
+
+def ui_to_api(workflow: dict, object_info: dict) -> dict:
+    """Frontend workflow -> API prompt {node_id: {"class_type", "inputs", "_meta": {"title"}}}.
+
+    Widgets take widgets_values in the order of the node's widget inputs (required then optional, per
+    /object_info input_order), skipping the extra "control after generate" value after seed-like widgets and
+    ignoring trailing values of frontend-only widgets (the image "upload" button).  A linked input becomes
+    [origin_id_str, origin_slot] (through Reroute nodes).  Notes are dropped, so are muted nodes (mode 2);
+    bypassed nodes (mode 4) are not supported."""
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    links = _links_by_id(workflow)
+    api: dict[str, dict] = {}
+
+    def origin(link_id: int) -> tuple[int, int] | None:
+        from_id, from_slot, *_ = links[link_id]
+        source = nodes.get(from_id)
+        if source is None:
+            raise ConversionError(f"link {link_id} comes from missing node {from_id}")
+        if source["type"] == "Reroute":
+            upstream = (source.get("inputs") or [{}])[0].get("link")
+            return None if upstream is None else origin(upstream)
+        if source.get("mode", 0) == 2:
+            return None
+        return from_id, from_slot
+
+    for node_id, node in sorted(nodes.items()):
+        node_type = node["type"]
+        where = f"node {node_id} ({node_type})"
+        if node_type in VIRTUAL_NODES and node_type not in object_info:
+            continue
+        mode = node.get("mode", 0)
+        if mode == 2:
+            continue
+        if mode == 4:
+            raise ConversionError(f"{where} is bypassed; bypass is not supported by this converter")
+        info = object_info.get(node_type)
+        if info is None:
+            raise ConversionError(f"{where}: unknown node type (not in /object_info)")
+        inputs: dict = {}
+        values = node.get("widgets_values", [])
+        if isinstance(values, dict):
+            for name, _spec in widget_inputs(info):
+                if name in values:
+                    inputs[name] = values[name]
+        else:
+            position = 0
+            for name, spec in widget_inputs(info):
+                if position >= len(values):
+                    break
+                inputs[name] = values[position]
+                position += 1
+                if has_control_widget(name, spec) and position < len(values) and (
+                        values[position] in CONTROL_VALUES or isinstance(values[position], bool)):
+                    position += 1
+        for entry in node.get("inputs", []) or []:
+            link_id = entry.get("link")
+            if link_id is None:
+                continue
+            if link_id not in links:
+                raise ConversionError(f"{where}: input {entry.get('name')!r} uses unknown link {link_id}")
+            source = origin(link_id)
+            if source is None:
+                inputs.pop(entry["name"], None)
+                continue
+            inputs[entry["name"]] = [str(source[0]), source[1]]
+        api[str(node_id)] = {"class_type": node_type, "inputs": inputs,
+                             "_meta": {"title": node.get("title") or info.get("display_name") or node_type}}
+    return api
+
+
+def api_problems(api: dict, object_info: dict, *, check_combos: bool = False) -> list[str]:
+    """What ComfyUI's validation would refuse, found statically: unknown node types, missing required inputs,
+    links to missing nodes or output slots, link types that don't match the input type, and (optionally)
+    COMBO values that are not among the options."""
+    problems = []
+    for node_id, node in api.items():
+        info = object_info.get(node["class_type"])
+        where = f"node {node_id} ({node['class_type']})"
+        if info is None:
+            problems.append(f"{where}: unknown node type")
+            continue
+        specs = {name: (spec, req) for name, spec, req in ordered_inputs(info)}
+        for name, (spec, required) in specs.items():
+            if required and name not in node["inputs"]:
+                problems.append(f"{where}: required input {name!r} missing")
+        for name, value in node["inputs"].items():
+            if name not in specs:
+                problems.append(f"{where}: input {name!r} is not an input of this node")
+                continue
+            spec = specs[name][0]
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+                source = api.get(value[0])
+                if source is None:
+                    problems.append(f"{where}: input {name!r} links to missing node {value[0]}")
+                    continue
+                out_types = object_info.get(source["class_type"], {}).get("output", [])
+                if not 0 <= value[1] < len(out_types):
+                    problems.append(f"{where}: input {name!r} links to missing output {value[1]} of node {value[0]}")
+                    continue
+                want, got = spec[0], out_types[value[1]]
+                if isinstance(want, list):
+                    want = "COMBO"
+                if isinstance(got, list):
+                    got = "COMBO"
+                if "*" not in (want, got) and set(str(want).split(",")).isdisjoint(str(got).split(",")):
+                    problems.append(f"{where}: input {name!r} wants {want}, linked to {got}")
+            elif check_combos:
+                choices = spec[0] if isinstance(spec[0], list) else _options(spec).get("options")
+                if choices is not None and value not in choices:
+                    problems.append(f"{where}: {name}={value!r} is not one of {choices[:8]}")
+    return problems
+
+
+_CNR_ID = __import__("re").compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9._-]*[a-zA-Z0-9])?$")
+
+
+def ui_schema_problems(workflow: dict) -> list[str]:
+    """The frontend's load-time schema for a version-0.4 workflow (zComfyWorkflow / zComfyNode / zComfyLink in
+    ComfyUI_frontend's workflowSchema, as shipped in comfyui-frontend-package 1.27), plus graph consistency:
+    unique ids, link ids recorded on both ends, last_node_id / last_link_id."""
+    problems = []
+    num = (int, float)
+
+    def vec2(value) -> bool:
+        return isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, num) for v in value)
+
+    for key, kind in (("last_node_id", (int, str)), ("last_link_id", num), ("nodes", list), ("links", list),
+                      ("version", num)):
+        if not isinstance(workflow.get(key), kind):
+            problems.append(f"top level: {key} missing or not {kind}")
+    if problems:
+        return problems
+    ids = [n.get("id") for n in workflow["nodes"]]
+    if len(set(ids)) != len(ids):
+        problems.append("duplicate node ids")
+    by_id = {n.get("id"): n for n in workflow["nodes"]}
+    for node in workflow["nodes"]:
+        where = f"node {node.get('id')} ({node.get('type')})"
+        for key, ok in (("id", lambda v: isinstance(v, (int, str))), ("type", lambda v: isinstance(v, str)),
+                        ("pos", vec2), ("size", vec2), ("flags", lambda v: isinstance(v, dict)),
+                        ("order", lambda v: isinstance(v, num)), ("mode", lambda v: isinstance(v, num)),
+                        ("properties", lambda v: isinstance(v, dict))):
+            if key not in node or not ok(node[key]):
+                problems.append(f"{where}: {key} missing or malformed")
+        cnr = (node.get("properties") or {}).get("cnr_id")
+        if cnr is not None and not (_CNR_ID.match(cnr) and len(cnr) <= 100):
+            problems.append(f"{where}: cnr_id {cnr!r} is not a registry id")
+        for slot in node.get("inputs") or []:
+            if not isinstance(slot.get("name"), str) or "type" not in slot or not (
+                    slot.get("link") is None or isinstance(slot.get("link"), int)):
+                problems.append(f"{where}: malformed input {slot}")
+        for slot in node.get("outputs") or []:
+            if not isinstance(slot.get("name"), str) or "type" not in slot or not (
+                    slot.get("links") is None or isinstance(slot.get("links"), list)):
+                problems.append(f"{where}: malformed output {slot}")
+        values = node.get("widgets_values")
+        if values is not None and not isinstance(values, (list, dict)):
+            problems.append(f"{where}: widgets_values must be a list or an object")
+    link_ids = []
+    for link in workflow["links"]:
+        if not (isinstance(link, list) and len(link) == 6 and isinstance(link[0], int)):
+            problems.append(f"malformed link {link}")
+            continue
+        link_id, src, src_slot, dst, dst_slot, _kind = link
+        link_ids.append(link_id)
+        if src not in by_id or dst not in by_id:
+            problems.append(f"link {link_id}: missing node")
+            continue
+        outputs = by_id[src].get("outputs") or []
+        inputs = by_id[dst].get("inputs") or []
+        if not (0 <= src_slot < len(outputs)) or link_id not in (outputs[src_slot].get("links") or []):
+            problems.append(f"link {link_id}: not recorded on output {src_slot} of node {src}")
+        if not (0 <= dst_slot < len(inputs)) or inputs[dst_slot].get("link") != link_id:
+            problems.append(f"link {link_id}: not recorded on input {dst_slot} of node {dst}")
+    if len(set(link_ids)) != len(link_ids):
+        problems.append("duplicate link ids")
+    numeric_ids = [i for i in ids if isinstance(i, int)]
+    if numeric_ids and workflow["last_node_id"] < max(numeric_ids):
+        problems.append("last_node_id is below the largest node id")
+    if link_ids and workflow["last_link_id"] < max(link_ids):
+        problems.append("last_link_id is below the largest link id")
+    return problems
+
+
+def load_workflow(name: str) -> dict:
+    with open(os.path.join(EXAMPLE_WORKFLOWS, f"{name}.json"), encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def nodes_of(api: dict, class_type: str) -> list[dict]:
+    return [node for node in api.values() if node["class_type"] == class_type]
+
+
+# ------------------------------------------------------------------------------------------ websocket
+
+class WebSocket:
+    """Minimal websocket client: text frames -> dict (JSON), binary frames -> bytes."""
+
+    def __init__(self, host: str, port: int, path: str, timeout: float = 30.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        self.sock.sendall(request.encode())
+        self.buffer = b""
+        while b"\r\n\r\n" not in self.buffer:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("websocket handshake: connection closed")
+            self.buffer += chunk
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            raise ConnectionError(f"websocket handshake refused: {head[:200]!r}")
+        self.closed = False
+
+    def _read(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("websocket closed by the server")
+            self.buffer += chunk
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        return data
+
+    def _send(self, opcode: int, payload: bytes = b"") -> None:
+        mask = os.urandom(4)
+        header = bytes([0x80 | opcode])
+        n = len(payload)
+        if n < 126:
+            header += bytes([0x80 | n])
+        elif n < 65536:
+            header += bytes([0x80 | 126]) + struct.pack(">H", n)
+        else:
+            header += bytes([0x80 | 127]) + struct.pack(">Q", n)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(header + mask + masked)
+
+    def recv(self, timeout: float | None = None):
+        """Next message: dict for a JSON text frame, bytes for a binary frame, None on timeout."""
+        self.sock.settimeout(timeout)
+        message, message_opcode = b"", None
+        try:
+            while True:
+                b0, b1 = self._read(2)
+                fin, opcode = b0 & 0x80, b0 & 0x0F
+                n = b1 & 0x7F
+                if n == 126:
+                    n = struct.unpack(">H", self._read(2))[0]
+                elif n == 127:
+                    n = struct.unpack(">Q", self._read(8))[0]
+                mask = self._read(4) if b1 & 0x80 else None
+                payload = self._read(n)
+                if mask:
+                    payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+                if opcode == 0x9:                       # ping
+                    self._send(0xA, payload)
+                    continue
+                if opcode == 0xA:
+                    continue
+                if opcode == 0x8:
+                    self.closed = True
+                    raise ConnectionError("websocket closed by the server")
+                if opcode in (0x1, 0x2):
+                    message_opcode, message = opcode, payload
+                else:                                   # continuation
+                    message += payload
+                if fin:
+                    break
+        except socket.timeout:
+            return None
+        return json.loads(message.decode()) if message_opcode == 0x1 else message
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._send(0x8, struct.pack(">H", 1000))
+            except OSError:
+                pass
+            self.closed = True
+        self.sock.close()
+
+
+# ------------------------------------------------------------------------------------------ server
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process (VmRSS in /proc/<pid>/status)."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+class ServerDied(RuntimeError):
+    pass
+
+
+class ComfyServer:
+    """A headless ComfyUI in its own process group, on 127.0.0.1:<free port>, with a throwaway base directory."""
+
+    def __init__(self, comfy_path: str, *, python: str | None = None, base_dir: str | None = None,
+                 checkpoints: dict[str, str] | None = None, controlnets: dict[str, str] | None = None,
+                 extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None):
+        self.comfy_path = os.path.abspath(comfy_path)
+        self.python = python or os.path.join(self.comfy_path, ".venv", "bin", "python")
+        self._own_base = base_dir is None
+        self.base = base_dir or tempfile.mkdtemp(prefix="bas-comfy-")
+        self.port = free_port()
+        self.host = "127.0.0.1"
+        self.url = f"http://{self.host}:{self.port}"
+        self.client_id = uuid.uuid4().hex
+        self.proc: subprocess.Popen | None = None
+        self.log_path = os.path.join(self.base, "server.log")
+        self.extra_args = tuple(extra_args)
+        self.extra_env = dict(env or {})
+        for sub in ("custom_nodes", "models/checkpoints", "models/controlnet", "models/loras", "models/embeddings",
+                    "models/break_a_scene", "input", "output", "temp", "user"):
+            os.makedirs(os.path.join(self.base, sub), exist_ok=True)
+        link = os.path.join(self.base, "custom_nodes", PACK_FOLDER)
+        if not os.path.lexists(link):
+            os.symlink(PACK_DIR, link)
+        for folder, files in (("checkpoints", checkpoints or {}), ("controlnet", controlnets or {})):
+            for name, target in files.items():
+                path = os.path.join(self.base, "models", folder, name)
+                if not os.path.lexists(path):
+                    os.symlink(os.path.abspath(target), path)
+
+    # ---- paths
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.base, *parts)
+
+    @property
+    def input_dir(self) -> str:
+        return self.path("input")
+
+    @property
+    def output_dir(self) -> str:
+        return self.path("output")
+
+    @property
+    def packs_dir(self) -> str:
+        return self.path("models", "break_a_scene")
+
+    # ---- process
+    def start(self, timeout: float = 300.0) -> "ComfyServer":
+        cmd = [self.python, os.path.join(self.comfy_path, "main.py"), "--cpu", "--listen", self.host,
+               "--port", str(self.port), "--base-directory", self.base, "--disable-auto-launch",
+               "--database-url", "sqlite:///:memory:", "--disable-api-nodes", *self.extra_args]
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DO_NOT_TRACK="1",
+                   PYTHONUNBUFFERED="1", **self.extra_env)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, cwd=self.comfy_path, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        atexit.register(self.stop)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            self._check_alive()
+            try:
+                self.object_info = self.get("/object_info", timeout=30)
+                return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(1.0)
+        self.stop()
+        raise TimeoutError(f"ComfyUI did not answer /object_info in {timeout:.0f} s\n{self.log_tail()}")
+
+    def _check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise ServerDied(f"ComfyUI exited with code {self.proc.returncode}\n{self.log_tail()}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=30)
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+            self._log = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._own_base:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def rss(self) -> int:
+        return rss_bytes(self.pid)
+
+    def log_tail(self, chars: int = 6000) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - chars))
+                return "--- server log (tail) ---\n" + fh.read().decode(errors="replace")
+        except OSError:
+            return "(no server log)"
+
+    def log_text(self) -> str:
+        with open(self.log_path, "rb") as fh:
+            return fh.read().decode(errors="replace")
+
+    # ---- HTTP
+    def request(self, method: str, route: str, body=None, timeout: float = 60.0) -> tuple[int, object]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + route, data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data else {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            status, raw = err.code, err.read()
+        try:
+            return status, json.loads(raw.decode() or "null")
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    def get(self, route: str, timeout: float = 60.0):
+        status, payload = self.request("GET", route, timeout=timeout)
+        if status != 200:
+            raise ConnectionError(f"GET {route}: HTTP {status}: {payload}")
+        return payload
+
+    def healthy(self) -> bool:
+        try:
+            return self.alive() and self.request("GET", "/system_stats", timeout=20)[0] == 200
+        except OSError:
+            return False
+
+    def queue(self, api: dict, *, client_id: str | None = None) -> tuple[int, dict]:
+        """POST /prompt: (HTTP status, reply).  200: {"prompt_id", "number", "node_errors"};
+        400: {"error", "node_errors"} (validation failed before running)."""
+        return self.request("POST", "/prompt", {"prompt": api, "client_id": client_id or self.client_id})
+
+    def history(self, prompt_id: str) -> dict | None:
+        entry = self.get(f"/history/{prompt_id}")
+        return entry.get(prompt_id) if entry else None
+
+    def wait(self, prompt_id: str, timeout: float = 900.0, poll: float = 0.5) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            self._check_alive()
+            entry = self.history(prompt_id)
+            if entry is not None:
+                return entry
+            time.sleep(poll)
+        raise TimeoutError(f"prompt {prompt_id} not done after {timeout:.0f} s\n{self.log_tail()}")
+
+    def run(self, api: dict, timeout: float = 900.0) -> "Result":
+        status, reply = self.queue(api)
+        if status != 200:
+            return Result(None, reply, status)
+        return Result(self.wait(reply["prompt_id"], timeout), reply, status)
+
+    def run_ws(self, api: dict, timeout: float = 900.0, on_event=None) -> tuple["Result", list[dict], int]:
+        """Queue api and follow it on the websocket until it ends (success, error or interruption).
+
+        ``on_event(type, data)`` is called for every JSON message of this prompt (binary frames: type "binary",
+        data the bytes).  Returns (result from /history, JSON messages of this prompt, binary frame count)."""
+        ws = self.websocket()
+        try:
+            status, reply = self.queue(api)
+            if status != 200:
+                return Result(None, reply, status), [], 0
+            prompt_id = reply["prompt_id"]
+            events: list[dict] = []
+            binaries = 0
+            deadline = time.time() + timeout
+            while time.time() < deadline:
+                self._check_alive()
+                message = ws.recv(timeout=2.0)
+                if message is None:
+                    if self.history(prompt_id) is not None:
+                        break
+                    continue
+                if isinstance(message, bytes):
+                    binaries += 1
+                    if on_event:
+                        on_event("binary", message)
+                    continue
+                data = message.get("data") or {}
+                if data.get("prompt_id") not in (None, prompt_id):
+                    continue
+                events.append(message)
+                if on_event:
+                    on_event(message.get("type"), data)
+                kind = message.get("type")
+                if kind in ("execution_success", "execution_error", "execution_interrupted") or (
+                        kind == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id):
+                    break
+            else:
+                raise TimeoutError(f"prompt {prompt_id} not done after {timeout:.0f} s\n{self.log_tail()}")
+            return Result(self.wait(prompt_id, timeout=120), reply, status), events, binaries
+        finally:
+            ws.close()
+
+    def interrupt(self, prompt_id: str | None = None) -> int:
+        return self.request("POST", "/interrupt", {"prompt_id": prompt_id} if prompt_id else {})[0]
+
+    def websocket(self, client_id: str | None = None) -> WebSocket:
+        return WebSocket(self.host, self.port, f"/ws?clientId={client_id or self.client_id}")
+
+    def output_files(self, result: "Result") -> list[str]:
+        """Absolute paths of the images the prompt's output nodes saved (type "output")."""
+        files = []
+        for ui in (result.entry or {}).get("outputs", {}).values():
+            for image in ui.get("images", []):
+                if image.get("type") == "output":
+                    files.append(os.path.join(self.output_dir, image.get("subfolder", ""), image["filename"]))
+        return files
+
+
+class Result:
+    """Outcome of one prompt: validation reply and /history entry."""
+
+    def __init__(self, entry: dict | None, reply: dict, http_status: int):
+        self.entry, self.reply, self.http_status = entry, reply, http_status
+
+    @property
+    def status(self) -> str:
+        if self.entry is None:
+            return "rejected"
+        return self.entry.get("status", {}).get("status_str", "?")
+
+    @property
+    def messages(self) -> list:
+        return (self.entry or {}).get("status", {}).get("messages", [])
+
+    def events(self, name: str) -> list[dict]:
+        return [data for event, data in self.messages if event == name]
+
+    @property
+    def error(self) -> dict | None:
+        errors = self.events("execution_error")
+        return errors[0] if errors else None
+
+    def error_text(self) -> str:
+        """The user-facing error: execution_error's type + message, or the validation errors of a 400."""
+        if self.entry is None:
+            parts = [json.dumps(self.reply.get("error", {}))]
+            for node_id, node_error in (self.reply.get("node_errors") or {}).items():
+                for err in node_error.get("errors", []):
+                    parts.append(f"{node_id}: {err.get('message')}: {err.get('details')}")
+            return "\n".join(parts)
+        err = self.error
+        if err is None:
+            return ""
+        return f"{err.get('exception_type')}: {err.get('exception_message')}"
+
+    def describe(self) -> str:
+        if self.entry is None:
+            return f"rejected (HTTP {self.http_status}): {self.error_text()}"
+        text = f"status {self.status}"
+        if self.error:
+            err = self.error
+            text += (f"; error in node {err.get('node_id')} ({err.get('node_type')}): {self.error_text()}\n"
+                     + "".join(err.get("traceback", [])[-6:]))
+        return text
+
+
+def patch_inputs(api: dict, class_type: str, **values) -> dict:
+    """Set widget values on every node of class_type (in place); returns api."""
+    for node in nodes_of(api, class_type):
+        node["inputs"].update(values)
+    return api
+
+
+def clone(api: dict) -> dict:
+    return copy.deepcopy(api)
