@@ -78,16 +78,9 @@ def tiny_components(seed: int = 0, prediction_type: str = "epsilon", cross_atten
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         norm_num_groups=8, sample_size=64)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=cross_attention_dim, intermediate_size=2 * cross_attention_dim,
-        num_hidden_layers=text_layers, num_attention_heads=4, max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id))
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                              beta_end=0.012, prediction_type=prediction_type, clip_sample=False)
-    for module in (unet, vae, text_encoder):
-        module.eval()
-    return SDComponents(unet, vae, text_encoder, tokenizer, scheduler, detect_family(unet))
+    text_encoder = _text_encoder(tokenizer, hidden_size=cross_attention_dim, intermediate_size=2 * cross_attention_dim,
+                                 num_hidden_layers=text_layers, num_attention_heads=4)
+    return _assemble(unet, vae, text_encoder, tokenizer, prediction_type)
 
 
 def sd15_shaped_components(seed: int = 0, prediction_type: str = "epsilon") -> SDComponents:
@@ -99,11 +92,19 @@ def sd15_shaped_components(seed: int = 0, prediction_type: str = "epsilon") -> S
     vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), latent_channels=4, layers_per_block=2,
                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                         sample_size=512)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-        num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id))
+    text_encoder = _text_encoder(tokenizer, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                 num_attention_heads=12, hidden_act="quick_gelu")
+    return _assemble(unet, vae, text_encoder, tokenizer, prediction_type)
+
+
+def _text_encoder(tokenizer: CLIPTokenizer, **shape) -> CLIPTextModel:
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape))
+
+
+def _assemble(unet, vae, text_encoder, tokenizer, prediction_type: str) -> SDComponents:
+    """SD's training scheduler (scaled-linear betas) and eval-mode modules around the given parts."""
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
                               beta_end=0.012, prediction_type=prediction_type, clip_sample=False)
     for module in (unet, vae, text_encoder):
