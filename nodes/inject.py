@@ -13,8 +13,8 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from .common import CATEGORY, ENCODER_BY_FAMILY, FAMILY_LABEL, UserError, check_clip, clip_encoder, model_family
-from .common import unet_fingerprint
+from .common import CATEGORY, ENCODER_BY_FAMILY, UserError, check_clip, clip_encoder, model_family
+from .common import unet_fingerprint, user_error
 from .types import Concepts, ConceptsType
 
 log = logging.getLogger("break_a_scene")
@@ -169,8 +169,7 @@ def inject(model, clip, concepts: Concepts, strength_model: float = 1.0, strengt
         for warning in check_compatible(pack, family, unet_fingerprint(model)):
             log.warning("Break-A-Scene Handle Injector: %s", warning)
     except BASError as exc:
-        raise UserError(f"concepts: {exc} ({FAMILY_LABEL.get(pack.family, pack.family)} pack, "
-                        f"{FAMILY_LABEL[family]} model)") from exc
+        raise user_error("concepts", exc) from exc
     if ENCODER_BY_FAMILY[family] not in pack.handles and len(pack.handles) != 1:
         raise UserError(f"concepts: the pack has no handles for {ENCODER_BY_FAMILY[family]}")
     if pack.mode == "lora":
