@@ -192,3 +192,23 @@ def write_sd_checkpoint(path: str, *, family: str = "sd1", levels: int | None = 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_file(sd, path)
     return path
+
+
+# -- the cached fixture checkpoints shared by every ComfyUI test module -----------------------------------
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE = os.environ.get("BAS_TEST_CACHE", os.path.join(REPO, ".cache", "test_models"))
+#: name -> write_sd_checkpoint arguments (random weights, SD shapes)
+FIXTURES = {"sd15": dict(family="sd1", levels=2), "sd15l3": dict(family="sd1", levels=3),
+            "sd20v": dict(family="sd2", levels=4)}
+FIXTURE_VERSION = 1
+
+
+def cached_checkpoint(name: str) -> str:
+    """Path of the cached fixture checkpoint `name`, built on first use (seconds to a minute)."""
+    path = os.path.join(CACHE, f"{name}-v{FIXTURE_VERSION}.safetensors")
+    if not os.path.exists(path):
+        os.makedirs(CACHE, exist_ok=True)
+        tmp = path + ".part.safetensors"
+        write_sd_checkpoint(tmp, **FIXTURES[name])
+        os.replace(tmp, path)
+    return path

@@ -22,12 +22,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
-CACHE = os.environ.get("BAS_TEST_CACHE", os.path.join(REPO, ".cache", "test_models"))
 
-#: fixture checkpoints (random weights, SD shapes): name -> comfy_fixtures.write_sd_checkpoint arguments
-FIXTURES = {"sd15": dict(family="sd1", levels=2), "sd15l3": dict(family="sd1", levels=3),
-            "sd20v": dict(family="sd2", levels=4)}
-FIXTURE_VERSION = 1
 NODE_IDS = ["BAS_MaskedConceptLoader", "BAS_Trainer", "BAS_ConceptPackLoader", "BAS_HandleInjector",
             "BAS_ConceptPromptEncoder", "BAS_ConceptPackExport"]
 
@@ -62,18 +57,6 @@ if SKIP_REASON is None:
         SKIP_REASON = f"ComfyUI cannot be imported with this interpreter ({exc}); use ComfyUI's venv python"
 
 
-def _fixture_path(name: str) -> str:
-    """The cached fixture checkpoint `name` (built on first use, a few seconds to a minute)."""
-    from comfy_fixtures import write_sd_checkpoint
-
-    path = os.path.join(CACHE, f"{name}-v{FIXTURE_VERSION}.safetensors")
-    if not os.path.exists(path):
-        tmp = path + ".part.safetensors"
-        write_sd_checkpoint(tmp, **FIXTURES[name])
-        os.replace(tmp, path)
-    return path
-
-
 @pytest.fixture(scope="session")
 def comfy_skip_reason():
     return SKIP_REASON
@@ -81,8 +64,10 @@ def comfy_skip_reason():
 
 @pytest.fixture(scope="session")
 def checkpoint_path():
-    """name -> path of a cached fixture checkpoint (see FIXTURES)."""
-    return _fixture_path
+    """name -> path of a cached fixture checkpoint (see comfy_fixtures.FIXTURES)."""
+    from comfy_fixtures import cached_checkpoint
+
+    return cached_checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -37,16 +37,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 PACK_FOLDER = "ComfyUI-Break-A-Scene"
 SCENES = os.path.normpath(os.path.join(REPO, "..", "shared", "scenes"))
-CACHE = os.environ.get("BAS_TEST_CACHE", os.path.join(REPO, ".cache", "test_models"))
+CACHE = os.environ.get("BAS_TEST_CACHE", os.path.join(REPO, ".cache", "test_models"))  # as comfy_fixtures.CACHE
 EXAMPLE_WORKFLOWS = os.path.join(REPO, "example_workflows")
 #: the node pack folder linked into the server's custom_nodes (default: this checkout)
 PACK_DIR = os.path.abspath(os.environ.get("BAS_PACK_DIR") or REPO)
 
 # ------------------------------------------------------------------------------------------ fixture models
 
-#: same names / version as tests/comfy/test_comfy_convert.py, so both share one cache
-FIXTURES = {"sd15": dict(family="sd1", levels=2), "sd20v": dict(family="sd2", levels=4)}
-FIXTURE_VERSION = 1
 CONTROLNET_VERSION = 1
 
 
@@ -58,16 +55,10 @@ def _ensure_import_paths() -> None:
 
 def fixture_checkpoint(name: str) -> str:
     """Path of the cached random-weight checkpoint ``sd15`` (SD1.5-shaped) or ``sd20v`` (SD2, v-prediction)."""
-    path = os.path.join(CACHE, f"{name}-v{FIXTURE_VERSION}.safetensors")
-    if not os.path.exists(path):
-        _ensure_import_paths()
-        from comfy_fixtures import write_sd_checkpoint
+    _ensure_import_paths()
+    from comfy_fixtures import cached_checkpoint
 
-        os.makedirs(CACHE, exist_ok=True)
-        tmp = path + ".part.safetensors"
-        write_sd_checkpoint(tmp, **FIXTURES[name])
-        os.replace(tmp, path)
-    return path
+    return cached_checkpoint(name)
 
 
 def controlnet_to_ldm(controlnet, unet) -> dict:
@@ -118,7 +109,7 @@ def fixture_controlnet() -> str:
     from diffusers import ControlNetModel, UNet2DConditionModel
     from safetensors.torch import save_file
 
-    from comfy_fixtures import _randomize, sd_unet_config
+    from comfy_fixtures import FIXTURES, _randomize, sd_unet_config
 
     unet = UNet2DConditionModel(**sd_unet_config(**FIXTURES["sd15"]))
     controlnet = ControlNetModel.from_unet(unet)

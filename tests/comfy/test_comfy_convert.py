@@ -40,25 +40,11 @@ except ImportError as exc:  # pragma: no cover - wrong interpreter
                 allow_module_level=True)
 
 from bas_engine import ldm  # noqa: E402
-from comfy_fixtures import comfy_tokenizer_dir, write_sd_checkpoint  # noqa: E402
-
-CACHE = os.environ.get("BAS_TEST_CACHE", os.path.join(REPO, ".cache", "test_models"))
-FIXTURES = {"sd15": dict(family="sd1", levels=2), "sd20v": dict(family="sd2", levels=4)}
-FIXTURE_VERSION = 1
-
-
-def fixture_path(name: str) -> str:
-    path = os.path.join(CACHE, f"{name}-v{FIXTURE_VERSION}.safetensors")
-    if not os.path.exists(path):
-        tmp = path + ".part.safetensors"
-        write_sd_checkpoint(tmp, **FIXTURES[name])
-        os.replace(tmp, path)
-    return path
-
+from comfy_fixtures import cached_checkpoint, comfy_tokenizer_dir  # noqa: E402
 
 class Loaded:
     def __init__(self, name: str):
-        self.path = fixture_path(name)
+        self.path = cached_checkpoint(name)
         self.model, self.clip, self.vae, _ = comfy.sd.load_checkpoint_guess_config(
             self.path, output_vae=True, output_clip=True, embedding_directory=None)
         self.base = self.model.model
