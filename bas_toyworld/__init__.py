@@ -1,0 +1,14 @@
+"""Toy world for testing Break-A-Scene without real Stable Diffusion weights.
+
+* ``world``     procedural 64x64 scenes of textured shapes, captions, exact masks, novel concepts
+* ``tokenizer`` word-level CLIP tokenizer folder for the world's vocabulary
+* ``judge``     detector and scores (identity, prompt fidelity, leakage, attention IoU)
+* ``model``     tiny SD-1.x-shaped model (VAE, UNet, CLIP text encoder, DDPM scheduler)
+* ``preview``   sample grids + judge scores for a trained toy model
+
+``world`` and ``judge`` need only numpy; ``model`` and ``preview`` import torch/diffusers.
+"""
+from .world import (  # noqa: F401
+    NOVEL_CONCEPTS, Concept, DemoScene, ObjectSpec, Scene, SceneSpec, caption, make_demo_scene,
+    make_heldout_scenes, random_spec, render_scene, save_scene_dir,
+)

@@ -1,0 +1,304 @@
+#!/usr/bin/env python
+"""Pretrain the toy Stable-Diffusion-shaped model on the procedural world, from scratch, on CPU.
+
+    python scripts/pretrain_toy.py --out runs/toy_sd --seed 0 --minutes 40
+
+Phase 1 trains the VAE for reconstruction (~20% of the time), phase 2 the UNet and the text
+encoder together on captioned scenes (epsilon loss with min-SNR-5 weighting times a capped
+(1 + 1/snr) boost of noisy steps, 10% empty captions for classifier-free guidance; EMA weights are
+what gets saved). train_log.json records a text-conditioning gap on fixed validation scenes. The result is a diffusers
+StableDiffusionPipeline folder in fp16 (~22 MB) plus train_log.json and preview.png in --out.
+
+Step counts come from --minutes through fixed nominal step times (measured on this 2-core CPU),
+so a given seed and --minutes always plan the same run; the wall-clock deadline only cuts a run
+short when the machine is slower than planned (then train_log.json says so).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bas_toyworld.model import (  # noqa: E402
+    ToyModelConfig, build_scheduler, build_text_encoder, build_unet, build_vae, param_count, save_pipeline,
+    weights_size_mb,
+)
+from bas_toyworld.tokenizer import build_tokenizer, load_tokenizer  # noqa: E402
+from bas_toyworld.world import caption, random_spec, render_scene  # noqa: E402
+
+# Nominal seconds per step with 2 threads on the 2-core dev machine (batch sizes below).
+NOMINAL_VAE_STEP_S = 0.30  # batch 8
+NOMINAL_UNET_STEP_S = 1.05  # batch 16
+VAE_TIME_FRACTION = 0.2  # the VAE is slow to get object colours right
+RESERVE_S = 75.0  # saving + preview sampling at the end
+
+
+class SceneStream:
+    """Endless deterministic stream of (images in [-1, 1], captions) from the world."""
+
+    def __init__(self, seed: int):
+        self.spec_rng = np.random.default_rng([seed, 11])
+        self.text_rng = np.random.default_rng([seed, 12])
+
+    def batch(self, n: int, with_masks: bool = False):
+        """(images (n, 3, 64, 64) in [-1, 1], captions[, object masks (n, 1, 64, 64) float])."""
+        specs = [random_spec(self.spec_rng) for _ in range(n)]
+        rendered = [render_scene(s) for s in specs]
+        x = torch.from_numpy(np.stack([r[0] for r in rendered])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        caps = [caption(s, self.text_rng) for s in specs]
+        if not with_masks:
+            return x, caps
+        m = np.stack([np.any(r[1], axis=0) for r in rendered])[:, None]
+        return x, caps, torch.from_numpy(m).float()
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))  # cosine down to 10%
+
+
+def train_vae(vae, stream: SceneStream, steps: int, batch: int, lr: float, deadline: float, log: dict) -> None:
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    vae.train()
+    hist, t0 = [], time.time()
+    for step in range(steps):
+        if time.time() > deadline:
+            log["vae_truncated_at"] = step
+            break
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, 50)
+        x, _, objects = stream.batch(batch, with_masks=True)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        # L1 keeps edges and texture ink crisp. Object pixels weigh 5x: they are few, and with a
+        # plain loss the VAE learns the large backgrounds first and the object colours late.
+        # The KL term only keeps the latent scale sane.
+        w = 1.0 + 4.0 * objects
+        loss = (w * (rec - x).abs()).mean() / w.mean() + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        hist.append(loss.item())
+        if step % 50 == 0 or step == steps - 1:
+            print(f"[vae] {step}/{steps} l1 {np.mean(hist[-50:]):.4f} {(time.time() - t0) / (step + 1):.2f}s/step", flush=True)
+    vae.eval()
+    log["vae_steps"] = len(hist)
+    log["vae_loss"] = [float(np.mean(hist[i:i + 50])) for i in range(0, len(hist), 50)]
+    log["vae_s_per_step"] = (time.time() - t0) / max(1, len(hist))
+
+
+@torch.no_grad()
+def latent_scaling(vae, stream: SceneStream, n: int = 128) -> tuple[float, float]:
+    """1/std of latents (as SD's 0.18215), and the reconstruction PSNR on fresh scenes."""
+    x, _ = stream.batch(n)
+    post = vae.encode(x).latent_dist
+    rec = vae.decode(post.mean).sample.clamp(-1, 1)
+    mse = F.mse_loss((rec + 1) / 2, (x + 1) / 2).item()
+    return 1.0 / float(post.sample().std()), 10 * math.log10(1.0 / max(mse, 1e-10))
+
+
+class EMA:
+    """Exponential moving average of parameters; robust to a run cut short by the deadline."""
+
+    def __init__(self, modules: list[torch.nn.Module], decay: float):
+        self.params = [p for m in modules for p in m.parameters()]
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for s, p in zip(self.shadow, self.params):
+            s.lerp_(p.detach(), 1 - d)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        for s, p in zip(self.shadow, self.params):
+            p.copy_(s)
+
+
+def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: SceneStream, steps: int, batch: int,
+                    lr: float, text_lr: float, deadline: float, seed: int, log: dict, offset_noise: float = 0.0,
+                    high_noise_weight: float = 1.0) -> EMA:
+    gen = torch.Generator().manual_seed(seed + 1)
+    drop_rng = np.random.default_rng([seed, 13])
+    opt = torch.optim.AdamW([
+        {"params": unet.parameters(), "lr": lr, "base": lr},
+        {"params": text_encoder.parameters(), "lr": text_lr, "base": text_lr},
+    ], betas=(0.9, 0.99), weight_decay=0.01)
+    ema = EMA([unet, text_encoder], decay=0.998)
+    acp = scheduler.alphas_cumprod
+    val = _validation_batch(vae, tokenizer, scheduler, seed)
+    log["val"] = []
+    unet.train()
+    text_encoder.train()
+    hist, t0 = [], time.time()
+    for step in range(steps):
+        if time.time() > deadline:
+            log["unet_truncated_at"] = step
+            break
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, g["base"], 100)
+        x, caps = stream.batch(batch)
+        caps = ["" if drop_rng.random() < 0.1 else c for c in caps]  # unconditional for CFG
+        ids = tokenizer(caps, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        with torch.no_grad():
+            post = vae.encode(x).latent_dist
+            lat = (post.mean + post.std * torch.randn(post.mean.shape, generator=gen)) * vae.config.scaling_factor
+        noise = torch.randn(lat.shape, generator=gen)
+        if offset_noise > 0:  # per-image, per-channel constant: hides the global colour at any t
+            noise = noise + offset_noise * torch.randn(batch, lat.shape[1], 1, 1, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen)
+        noisy = scheduler.add_noise(lat, noise, t)
+        ctx = text_encoder(ids)[0]
+        pred = unet(noisy, t, ctx).sample
+        # Min-SNR-5 weighting: stops the many easy low-noise steps from dominating; converges
+        # markedly faster for small budgets.
+        snr = acp[t] / (1 - acp[t])
+        w = torch.clamp(snr, max=5.0) / snr
+        if high_noise_weight > 1:
+            # Epsilon loss barely penalises a wrong x0 at high noise (x0 error is scaled by snr),
+            # which is exactly where the caption matters; boost those steps like a v-loss, capped.
+            w = w * torch.clamp(1 + 1 / snr, max=high_noise_weight)
+        loss = (w * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
+        opt.step()
+        ema.update(step)
+        hist.append(loss.item())
+        if step % 200 == 0 or step == steps - 1:
+            log["val"].append({"step": step, **_conditioning_gap(unet, text_encoder, val)})
+            print(f"[val] {log['val'][-1]}", flush=True)
+        if step % 25 == 0 or step == steps - 1:
+            sps = (time.time() - t0) / (step + 1)
+            print(f"[unet] {step}/{steps} loss {np.mean(hist[-50:]):.4f} {sps:.2f}s/step "
+                  f"eta {sps * (steps - step - 1) / 60:.1f} min", flush=True)
+    log["unet_steps"] = len(hist)
+    log["unet_loss"] = [float(np.mean(hist[i:i + 50])) for i in range(0, len(hist), 50)]
+    log["unet_s_per_step"] = (time.time() - t0) / max(1, len(hist))
+    unet.eval()
+    text_encoder.eval()
+    return ema
+
+
+@torch.no_grad()
+def _validation_batch(vae, tokenizer, scheduler, seed: int, n: int = 32) -> dict:
+    """Fixed held-out scenes, noise and timesteps (upper half of t, where the caption matters most)."""
+    stream = SceneStream(seed + 10_000)
+    x, caps = stream.batch(n)
+    gen = torch.Generator().manual_seed(seed + 2)
+    lat = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+    noise = torch.randn(lat.shape, generator=gen)
+    t = torch.randint(500, 1000, (n,), generator=gen)
+    enc = lambda texts: tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,  # noqa: E731
+                                  truncation=True, return_tensors="pt").input_ids
+    return {"noisy": scheduler.add_noise(lat, noise, t), "noise": noise, "t": t, "ids": enc(caps), "empty": enc([""] * n)}
+
+
+@torch.no_grad()
+def _conditioning_gap(unet, text_encoder, val: dict) -> dict:
+    """Denoising loss with the true captions vs with empty ones: the gap shows how much the model
+    uses the text (0 = ignores it)."""
+    was = unet.training
+    unet.eval()
+    text_encoder.eval()
+    out = {}
+    for key in ("ids", "empty"):
+        pred = unet(val["noisy"], val["t"], text_encoder(val[key])[0]).sample
+        out["loss_caption" if key == "ids" else "loss_empty"] = F.mse_loss(pred, val["noise"]).item()
+    out["gap"] = out["loss_empty"] - out["loss_caption"]
+    unet.train(was)
+    text_encoder.train(was)
+    return out
+
+
+def plan(minutes: float) -> tuple[int, int]:
+    budget = minutes * 60 - RESERVE_S
+    vae_steps = max(1, int(budget * VAE_TIME_FRACTION / NOMINAL_VAE_STEP_S))
+    unet_steps = max(1, int(budget * (1 - VAE_TIME_FRACTION) / NOMINAL_UNET_STEP_S))
+    return vae_steps, unet_steps
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--minutes", type=float, default=40.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--vae-steps", type=int, default=None, help="override the planned count")
+    ap.add_argument("--unet-steps", type=int, default=None, help="override the planned count")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--vae-batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=8e-4)
+    ap.add_argument("--text-lr", type=float, default=3e-4)
+    ap.add_argument("--vae-lr", type=float, default=2e-3)
+    ap.add_argument("--high-noise-weight", type=float, default=5.0,
+                    help="cap of the extra (1 + 1/snr) loss weight on noisy steps; 1 = plain min-SNR-5")
+    ap.add_argument("--offset-noise", type=float, default=0.0, help="per-channel offset noise strength")
+    ap.add_argument("--preview-seeds", type=int, default=4, help="0 disables the preview grid")
+    a = ap.parse_args(argv)
+
+    start = time.time()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    vae_steps, unet_steps = plan(a.minutes)
+    vae_steps = a.vae_steps or vae_steps
+    unet_steps = a.unet_steps or unet_steps
+    end = start + a.minutes * 60 - RESERVE_S
+    cfg = ToyModelConfig()
+    log: dict = {"args": vars(a), "config": cfg.to_dict(), "planned": {"vae_steps": vae_steps, "unet_steps": unet_steps}}
+    print(f"plan: vae {vae_steps} steps, unet {unet_steps} steps, {a.threads} threads", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = load_tokenizer(build_tokenizer(tmp))
+    vae, unet = build_vae(cfg), build_unet(cfg)
+    text_encoder = build_text_encoder(cfg, tokenizer)
+    scheduler = build_scheduler()
+    log["params"] = {"vae": param_count(vae), "unet": param_count(unet), "text_encoder": param_count(text_encoder)}
+    stream = SceneStream(a.seed)
+
+    vae_deadline = start + (end - start) * VAE_TIME_FRACTION * 1.15  # a little slack, then cut
+    train_vae(vae, stream, vae_steps, a.vae_batch, a.vae_lr, vae_deadline, log)
+    vae.requires_grad_(False)
+    sf, psnr = latent_scaling(vae, stream)
+    vae.register_to_config(scaling_factor=sf)
+    log["vae_scaling_factor"], log["vae_psnr_db"] = sf, psnr
+    print(f"vae: scaling_factor {sf:.4f}, reconstruction PSNR {psnr:.1f} dB", flush=True)
+
+    ema = train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream, unet_steps, a.batch, a.lr,
+                          a.text_lr, end, a.seed, log, offset_noise=a.offset_noise,
+                          high_noise_weight=a.high_noise_weight)
+    ema.copy_to_params()
+    model_dir = out / "model"
+    save_pipeline(model_dir, vae, unet, text_encoder, tokenizer, scheduler)
+    log["weights_mb"] = weights_size_mb(model_dir)
+    log["train_minutes"] = (time.time() - start) / 60
+    if a.preview_seeds > 0:
+        from bas_toyworld.model import load_pipeline
+        from bas_toyworld.preview import preview
+
+        log["preview"] = preview(load_pipeline(model_dir), out / "preview.png", n_seeds=a.preview_seeds, steps=25)
+    log["total_minutes"] = (time.time() - start) / 60
+    (out / "train_log.json").write_text(json.dumps(log, indent=1))
+    print(f"saved {model_dir} ({log['weights_mb']:.1f} MB) in {log['total_minutes']:.1f} min", flush=True)
+    return log
+
+
+if __name__ == "__main__":
+    main()
