@@ -17,7 +17,7 @@ import numpy as np
 
 from .world import (
     BACKGROUNDS, CHECKER_CELL, COLOURS, DARK, DOT_PERIOD, SHAPE_EXTENTS, SHAPES, SIZES, STRIPE_PERIOD, Concept,
-    ObjectSpec, SceneSpec, shape_inside, texture_ink,
+    ObjectSpec, SceneSpec, dilate4, shape_inside, texture_ink,
 )
 
 UNKNOWN = -1
@@ -121,15 +121,6 @@ def connected_components(mask: np.ndarray) -> list[np.ndarray]:
             break
         lab = m
     return [lab == v for v in np.unique(lab[mask])]
-
-
-def _dilate(m: np.ndarray) -> np.ndarray:
-    out = m.copy()
-    out[1:] |= m[:-1]
-    out[:-1] |= m[1:]
-    out[:, 1:] |= m[:, :-1]
-    out[:, :-1] |= m[:, 1:]
-    return out
 
 
 def _erode(m: np.ndarray) -> np.ndarray:
@@ -338,13 +329,13 @@ def detect(image: Any, min_area: int = MIN_AREA) -> Detection:
         mk = lab == k
         if mk.sum() < min_area:
             continue
-        core = _dilate(_erode(mk))  # opening: drops 1-2 px lines of mixed colours along edges
+        core = dilate4(_erode(mk))  # opening: drops 1-2 px lines of mixed colours along edges
         for raw in connected_components(mk):
             if raw.sum() < min_area:
                 continue
             # Prune thin attached lines (keep pixels within 2 px of the opened core); an object
             # that is thin everywhere (a small blurred ring) has no core and is kept whole.
-            c = raw & _dilate(_dilate(core & raw)) if (core & raw).any() else raw
+            c = raw & dilate4(dilate4(core & raw)) if (core & raw).any() else raw
             if c.sum() >= min_area:
                 comps.append((k, c))
     objects_mask = np.zeros(lab.shape, bool)

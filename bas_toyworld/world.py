@@ -458,7 +458,7 @@ def make_demo_scene(seed: int = 0) -> DemoScene:
         m = loose_mask(o, rng)
         for j, other in enumerate(masks):
             if j != i:  # a person painting object i avoids the other objects
-                m &= ~_dilate(other)
+                m &= ~dilate4(other)
         loose.append(m)
     return DemoScene(spec, image, masks, caption(spec), loose_masks=loose, concepts=concepts)
 
@@ -469,7 +469,8 @@ def make_heldout_scenes(n: int, seed: int = 0, allow_novel: bool = False) -> lis
     return [make_scene(random_spec(rng, allow_novel=allow_novel)) for _ in range(n)]
 
 
-def _dilate(m: np.ndarray) -> np.ndarray:
+def dilate4(m: np.ndarray) -> np.ndarray:
+    """Grow a boolean mask by one pixel in the four axis directions."""
     out = m.copy()
     out[1:] |= m[:-1]
     out[:-1] |= m[1:]
