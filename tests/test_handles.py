@@ -8,7 +8,7 @@ from bas_engine.errors import InputError
 from bas_engine.handles import DEFAULT_INITIALIZER, HandleEmbedding, Handles, default_tokens
 from bas_engine.trainer import train
 
-from conftest import assert_same_state, small_config, state_snapshot
+from engine_helpers import assert_same_state, small_config, state_snapshot
 
 
 def _rows(tokenizer, embedding, word):

@@ -12,7 +12,7 @@ from PIL import Image
 from bas_engine.errors import InputError
 from bas_engine.scene import image_to_tensor, load_scene, load_scene_dir, mask_to_tensor, resize_masks
 
-from conftest import SHARED_SCENES
+from engine_helpers import SHARED_SCENES
 
 
 def _soft_mask(h=32, w=32) -> np.ndarray:

@@ -14,7 +14,7 @@ from bas_engine.lora import LoRALinear
 from bas_engine.testing import tiny_components
 from bas_engine.trainer import train
 
-from conftest import RESOLUTION, assert_same_state, make_scene, small_config, state_snapshot
+from engine_helpers import RESOLUTION, assert_same_state, make_scene, small_config, state_snapshot
 
 # A pairwise covering array of the seven two-valued settings: every pair of values of every two settings
 # appears in at least one row (row 0 all "off"; the other rows are distinct weight-3 columns of length 5).
