@@ -1,7 +1,7 @@
 """Progress, cancellation and preview hooks for a training run."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch

@@ -1,7 +1,7 @@
 """Training settings, with the paper's defaults."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from .errors import InputError
 

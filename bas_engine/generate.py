@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+from .families import ENCODER_BY_FAMILY
 from .lora import lora_deltas
 from .models import SDComponents, detect_family, model_fingerprint, text_encoder_part
 from .pack import ConceptPack, check_compatible
@@ -31,7 +32,7 @@ def apply_pack(pipe: StableDiffusionPipeline, pack: ConceptPack, scale: float = 
     """
     family = detect_family(pipe.unet)
     warnings = check_compatible(pack, family, model_fingerprint(pipe.unet), strict)
-    vectors = pack.handles.get(_encoder_name(family)) if len(pack.handles) > 1 else next(iter(pack.handles.values()))
+    vectors = pack.handles.get(ENCODER_BY_FAMILY[family]) if len(pack.handles) > 1 else next(iter(pack.handles.values()))
     if vectors is None:
         raise PackError(f"concept pack has no handles for the {family} text encoder")
     tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
@@ -56,12 +57,6 @@ def apply_pack(pipe: StableDiffusionPipeline, pack: ConceptPack, scale: float = 
 
 def _add(target: torch.Tensor, delta: torch.Tensor, scale: float) -> None:
     target += scale * delta.to(target.device, target.dtype)
-
-
-def _encoder_name(family: str) -> str:
-    from .models import ENCODER_BY_FAMILY
-
-    return ENCODER_BY_FAMILY[family]
 
 
 def generate(pipe: StableDiffusionPipeline, prompt: str, *, num_images: int = 1, steps: int = 30,

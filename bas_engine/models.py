@@ -13,7 +13,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from .errors import ModelError
 
-from .families import ENCODER_BY_FAMILY, FAMILY_BY_CONTEXT, FAMILY_NAMES  # noqa: F401 (re-exported)
+from .families import ENCODER_BY_FAMILY, FAMILY_BY_CONTEXT
 
 
 @dataclass

@@ -107,8 +107,8 @@ class MaskedConceptLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         separate = [io.Mask.Input(f"mask_{i}", optional=True,
-                                  tooltip=f"Mask of one concept (white = the concept), after the 'masks' batch. "
-                                          f"Masks of another size are resized to the image.")
+                                  tooltip="Mask of one concept (white = the concept), after the 'masks' batch. "
+                                          "Masks of another size are resized to the image.")
                     for i in range(MAX_SEPARATE_MASKS)]
         return io.Schema(
             node_id="BAS_MaskedConceptLoader",
