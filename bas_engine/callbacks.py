@@ -29,6 +29,7 @@ class PreviewEvent:
     maps: torch.Tensor       # (N, h, w) attention of each handle, divided by its max (zeros if not chosen)
     chosen: list[bool]       # which handles were in this step's prompt
     tokens: list[str]
+    flipped: bool = False    # this step's image (and so the maps) were mirrored; flip maps back to compare with masks
 
 
 @dataclass

@@ -61,6 +61,7 @@ class TrainingRun:
         # fp16 autocast needs loss scaling; for bf16/fp32 the scaler is a pass-through.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
         self.losses: dict[str, deque] = {}
+        self.record_maps = False  # capture attention maps this step although the attention loss is off
         self._undo: list = []
 
     # -- setup and teardown -------------------------------------------------------------------------
@@ -120,13 +121,16 @@ class TrainingRun:
             for step in range(1, steps + 1):
                 callbacks.check_cancel()
                 draws = self.sampler.draw_batch(config.batch_size)
+                previewing = callbacks.on_preview is not None and (step % callbacks.preview_every == 0 or step == steps)
+                # Previews show attention maps even when the attention loss is off (ablations compare them).
+                self.record_maps = previewing
                 losses = self.optimize(optimizer, draws)
                 done += 1
                 self._record(phase, losses)
                 if callbacks.on_progress:
                     callbacks.on_progress(ProgressEvent(phase, step, steps, done, total,
                                                         {k: v.item() for k, v in losses.items()}))
-                if callbacks.on_preview and (step % callbacks.preview_every == 0 or step == steps):
+                if previewing:
                     callbacks.on_preview(self._preview(phase, step, done, total, draws[0]))
             del optimizer
         return self._pack()
@@ -222,7 +226,7 @@ class TrainingRun:
         input_ids = self.handles.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt",
                                            max_length=self.handles.tokenizer.model_max_length).input_ids.to(device)
         use_attention = config.attention_loss_weight > 0
-        if use_attention:
+        if use_attention or self.record_maps:
             self.capture.store.start(self.handles.positions(input_ids[:len(draws)]))
         with _autocast(self.autocast_dtype, device):
             context = c.text_encoder(input_ids)[0]
@@ -237,6 +241,8 @@ class TrainingRun:
             losses["attention"] = attention_loss(maps, attention_masks, chosen.to(device))
             loss = loss + config.attention_loss_weight * losses["attention"]
             self._last_maps = maps.detach()
+        elif self.record_maps:
+            self._last_maps = self.capture.store.mean_map(*self.scene_t.attention_size).detach()
         if self.class_posteriors is not None:
             losses["prior"] = F.mse_loss(prediction[instances:].float(), target[instances:].float())
             loss = loss + config.prior_loss_weight * losses["prior"]
@@ -264,7 +270,8 @@ class TrainingRun:
             maps = maps / maps.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
             maps = maps * torch.tensor(chosen, dtype=maps.dtype, device=maps.device)[:, None, None]
         image = self.scene_t.image.flip(-1) if draw.flip else self.scene_t.image
-        return PreviewEvent(phase, step, done, total, image.float().cpu(), maps.cpu(), chosen, self.tokens)
+        return PreviewEvent(phase, step, done, total, image.float().cpu(), maps.cpu(), chosen, self.tokens,
+                            draw.flip)
 
     def _pack(self) -> ConceptPack:
         c, config = self.c, self.config

@@ -152,6 +152,23 @@ def test_progress_and_preview_events(tmp_path):
             assert peak == (pytest.approx(1.0) if chosen else 0.0)
 
 
+def test_previews_show_attention_without_the_attention_loss_and_say_when_flipped(tmp_path):
+    """Ablations without the attention loss still report maps (to compare IoU); `flipped` tells which
+    previews show the mirrored image (and maps)."""
+    previews, steps = [], []
+    config = small_config(phase1_steps=3, phase2_steps=3, attention_loss_weight=0.0)
+    train(tiny_components(seed=0), make_scene(), config,
+          TrainCallbacks(on_preview=previews.append, on_progress=steps.append, preview_every=2), device="cpu",
+          cache_dir=str(tmp_path))
+    assert [(e.phase, e.step) for e in previews] == [(1, 2), (1, 3), (2, 2), (2, 3)]
+    assert all("attention" not in e.losses for e in steps)
+    canonical = [e.image.flip(-1) if e.flipped else e.image for e in previews]
+    assert not torch.equal(canonical[0], canonical[0].flip(-1))   # the scene is not mirror-symmetric
+    assert all(torch.equal(c, canonical[0]) for c in canonical)  # unflipping by the flag gives one picture
+    for event in previews:
+        assert any(float(event.maps[n].max()) == pytest.approx(1.0) for n, c in enumerate(event.chosen) if c)
+
+
 def test_same_seed_same_pack_other_seed_other_pack(trained, tmp_path):
     pack, config = trained
     again = train(tiny_components(seed=0), make_scene(), config, device="cpu", cache_dir=str(tmp_path))
