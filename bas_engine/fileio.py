@@ -37,3 +37,17 @@ def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | os.Pat
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a UTF-8 text file atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def atomic_save_image(picture, path: str | os.PathLike) -> None:
+    """Save a PIL image atomically; the format follows the final name's extension."""
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").upper().replace("JPG", "JPEG") or "PNG"
+    with atomic_path(path) as tmp:
+        picture.save(tmp, format=fmt)

@@ -128,10 +128,20 @@ class EMA:
         for s, p in zip(self.shadow, self.params):
             p.copy_(s)
 
+    @torch.no_grad()
+    def averaged_copies(self, modules: list[torch.nn.Module]) -> list[torch.nn.Module]:
+        """Deep copies of ``modules`` (the ones given to __init__, same order) holding the EMA weights."""
+        import copy
+
+        copies = [copy.deepcopy(m) for m in modules]
+        for s, p in zip(self.shadow, [p for m in copies for p in m.parameters()]):
+            p.copy_(s)
+        return copies
+
 
 def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: SceneStream, steps: int, batch: int,
                     lr: float, text_lr: float, deadline: float, seed: int, log: dict, offset_noise: float = 0.0,
-                    high_noise_weight: float = 1.0) -> EMA:
+                    high_noise_weight: float = 1.0, checkpoint=None, checkpoint_every: int = 0) -> EMA:
     gen = torch.Generator().manual_seed(seed + 1)
     drop_rng = np.random.default_rng([seed, 13])
     opt = torch.optim.AdamW([
@@ -183,6 +193,8 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
         if step % 200 == 0 or step == steps - 1:
             log["val"].append({"step": step, **_conditioning_gap(unet, text_encoder, val)})
             print(f"[val] {log['val'][-1]}", flush=True)
+        if checkpoint is not None and checkpoint_every and step > 0 and step % checkpoint_every == 0:
+            checkpoint(ema, step)  # EMA weights so far: lets a long run be inspected while it goes on
         if step % 25 == 0 or step == steps - 1:
             sps = (time.time() - t0) / (step + 1)
             print(f"[unet] {step}/{steps} loss {np.mean(hist[-50:]):.4f} {sps:.2f}s/step "
@@ -233,6 +245,33 @@ def plan(minutes: float) -> tuple[int, int]:
     return vae_steps, unet_steps
 
 
+def write_recipe(model_dir: Path, log: dict, argv: list[str]) -> None:
+    """pretrain.json beside the weights: the command and seed that made them, what came out, and the
+    weights' sha256, so a committed model says how to reproduce it."""
+    import hashlib
+    import platform
+    import shlex
+
+    args = list(argv)
+    if "--out" in args:  # the output folder is the reader's choice
+        i = args.index("--out")
+        args[i + 1] = "OUT"
+    digests = {sub: hashlib.sha256(next((model_dir / sub).glob("*.safetensors")).read_bytes()).hexdigest()
+               for sub in ("unet", "vae", "text_encoder")}
+    recipe = {
+        "command": "python scripts/pretrain_toy.py " + " ".join(shlex.quote(a) for a in args),
+        "seed": log["args"]["seed"], "args": log["args"], "machine": f"{platform.machine()}, {log['args']['threads']} threads",
+        "vae_steps": log.get("vae_steps"), "unet_steps": log.get("unet_steps"), "planned": log["planned"],
+        "truncated": {k: log[k] for k in ("vae_truncated_at", "unet_truncated_at") if k in log},
+        "vae_psnr_db": log.get("vae_psnr_db"), "conditioning_gap": log.get("val", [])[-1:],
+        "train_minutes": round(log["train_minutes"], 1), "weights_mb": round(log["weights_mb"], 2),
+        "weights_sha256": digests, "preview": log.get("preview"),
+        "note": "Saved weights are the EMA of the UNet and text encoder; fp16. Runs are deterministic for a "
+                "seed and step plan on one machine; another CPU gives close, not bitwise-equal, weights.",
+    }
+    (model_dir / "pretrain.json").write_text(json.dumps(recipe, indent=1))
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
@@ -249,6 +288,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--high-noise-weight", type=float, default=5.0,
                     help="cap of the extra (1 + 1/snr) loss weight on noisy steps; 1 = plain min-SNR-5")
     ap.add_argument("--offset-noise", type=float, default=0.0, help="per-channel offset noise strength")
+    ap.add_argument("--checkpoint-every", type=int, default=0,
+                    help="save the EMA weights so far to OUT/checkpoint every N UNet steps (0 = never)")
     ap.add_argument("--preview-seeds", type=int, default=4, help="0 disables the preview grid")
     a = ap.parse_args(argv)
 
@@ -281,9 +322,15 @@ def main(argv: list[str] | None = None) -> dict:
     log["vae_scaling_factor"], log["vae_psnr_db"] = sf, psnr
     print(f"vae: scaling_factor {sf:.4f}, reconstruction PSNR {psnr:.1f} dB", flush=True)
 
+    def checkpoint(ema: EMA, step: int) -> None:
+        u, t = ema.averaged_copies([unet, text_encoder])
+        save_pipeline(out / "checkpoint", vae, u, t, tokenizer, scheduler)
+        (out / "checkpoint" / "step.txt").write_text(str(step))
+
     ema = train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream, unet_steps, a.batch, a.lr,
                           a.text_lr, end, a.seed, log, offset_noise=a.offset_noise,
-                          high_noise_weight=a.high_noise_weight)
+                          high_noise_weight=a.high_noise_weight, checkpoint=checkpoint,
+                          checkpoint_every=a.checkpoint_every)
     ema.copy_to_params()
     model_dir = out / "model"
     save_pipeline(model_dir, vae, unet, text_encoder, tokenizer, scheduler)
@@ -296,6 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
         log["preview"] = preview(load_pipeline(model_dir), out / "preview.png", n_seeds=a.preview_seeds, steps=25)
     log["total_minutes"] = (time.time() - start) / 60
     (out / "train_log.json").write_text(json.dumps(log, indent=1))
+    write_recipe(model_dir, log, sys.argv[1:] if argv is None else argv)
     print(f"saved {model_dir} ({log['weights_mb']:.1f} MB) in {log['total_minutes']:.1f} min", flush=True)
     return log
 

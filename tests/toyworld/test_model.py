@@ -89,6 +89,11 @@ def test_pretrain_script_end_to_end_and_deterministic(tmp_path):
             "--vae-batch", "2", "--preview-seeds", "0", "--seed", "3"]
     log = mod.main(["--out", str(tmp_path / "a")] + args)
     assert log["unet_steps"] == 2 and log["weights_mb"] <= 30 and "vae_scaling_factor" in log
+    import json
+
+    recipe = json.loads((tmp_path / "a" / "model" / "pretrain.json").read_text())
+    assert recipe["command"].startswith("python scripts/pretrain_toy.py --out OUT --minutes 5")
+    assert recipe["seed"] == 3 and len(recipe["weights_sha256"]["unet"]) == 64
     mod.main(["--out", str(tmp_path / "b")] + args)
     from safetensors.torch import load_file
 
