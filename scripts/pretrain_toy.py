@@ -141,7 +141,8 @@ class EMA:
 
 def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: SceneStream, steps: int, batch: int,
                     lr: float, text_lr: float, deadline: float, seed: int, log: dict, offset_noise: float = 0.0,
-                    high_noise_weight: float = 1.0, checkpoint=None, checkpoint_every: int = 0) -> EMA:
+                    high_noise_weight: float = 1.0, checkpoint=None, checkpoint_every: int = 0,
+                    stop_at: int | None = None) -> EMA:
     gen = torch.Generator().manual_seed(seed + 1)
     drop_rng = np.random.default_rng([seed, 13])
     opt = torch.optim.AdamW([
@@ -156,7 +157,7 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
     text_encoder.train()
     hist, t0 = [], time.time()
     for step in range(steps):
-        if time.time() > deadline:
+        if time.time() > deadline or (stop_at is not None and step >= stop_at):
             log["unet_truncated_at"] = step
             break
         for g in opt.param_groups:
@@ -256,6 +257,9 @@ def write_recipe(model_dir: Path, log: dict, argv: list[str]) -> None:
     if "--out" in args:  # the output folder is the reader's choice
         i = args.index("--out")
         args[i + 1] = "OUT"
+    if "unet_truncated_at" in log and "--unet-stop-at" not in args:
+        # The deadline cut this run: the same weights need the same cut, wherever the machine is faster.
+        args += ["--unet-stop-at", str(log["unet_truncated_at"])]
     digests = {sub: hashlib.sha256(next((model_dir / sub).glob("*.safetensors")).read_bytes()).hexdigest()
                for sub in ("unet", "vae", "text_encoder")}
     recipe = {
@@ -288,6 +292,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--high-noise-weight", type=float, default=5.0,
                     help="cap of the extra (1 + 1/snr) loss weight on noisy steps; 1 = plain min-SNR-5")
     ap.add_argument("--offset-noise", type=float, default=0.0, help="per-channel offset noise strength")
+    ap.add_argument("--unet-stop-at", type=int, default=None,
+                    help="end the UNet phase after this many steps without changing the planned schedule "
+                         "(reproduces a run that the wall-clock deadline cut short)")
     ap.add_argument("--checkpoint-every", type=int, default=0,
                     help="save the EMA weights so far to OUT/checkpoint every N UNet steps (0 = never)")
     ap.add_argument("--preview-seeds", type=int, default=4, help="0 disables the preview grid")
@@ -330,7 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
     ema = train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream, unet_steps, a.batch, a.lr,
                           a.text_lr, end, a.seed, log, offset_noise=a.offset_noise,
                           high_noise_weight=a.high_noise_weight, checkpoint=checkpoint,
-                          checkpoint_every=a.checkpoint_every)
+                          checkpoint_every=a.checkpoint_every, stop_at=a.unet_stop_at)
     ema.copy_to_params()
     model_dir = out / "model"
     save_pipeline(model_dir, vae, unet, text_encoder, tokenizer, scheduler)
