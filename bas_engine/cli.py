@@ -87,6 +87,33 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                         "configurations do not fit in memory together")
 
 
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the toy world end to end: extract three novel objects, recombine, judge, report")
+    p.add_argument("--out", default="out/demo", help="folder for report.html, scores.json, the pack (default out/demo)")
+    p.add_argument("--model", help="toy model folder (default: the committed bas_toyworld/weights/toy_sd)")
+    p.add_argument("--scene", type=int, default=0, help="seed of the toy scene")
+    p.add_argument("--phase1-steps", type=int, default=400)
+    p.add_argument("--phase2-steps", type=int, default=400)
+    p.add_argument("--mode", choices=["lora", "full"], default="lora")
+    p.add_argument("--images", type=int, default=4, help="images per prompt")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+
+
+def _add_fidelity(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fidelity", help="the method and its ablations on held-out toy scenes: mean ± 95%% CI table")
+    p.add_argument("--out", default="out/fidelity", help="folder for table.md, results.json and per-run records")
+    p.add_argument("--model", help="toy model folder (default: the committed one)")
+    p.add_argument("--variants", help="comma-separated subset of: method, no_phase1, no_masked_loss, "
+                                      "no_attention_loss, no_union_sampling, full_finetune")
+    p.add_argument("--scenes", type=int, default=3, help="held-out scenes (seeds 1..N; the demo uses 0)")
+    p.add_argument("--seeds", type=int, default=2, help="training seeds per scene")
+    p.add_argument("--phase1-steps", type=int, default=400)
+    p.add_argument("--phase2-steps", type=int, default=400)
+    p.add_argument("--images", type=int, default=2, help="images per prompt")
+    p.add_argument("--workers", type=int, default=2, help="parallel runs (processes, one thread each)")
+
+
 def _device(name: str | None) -> str:
     import torch
 
@@ -174,13 +201,59 @@ def cmd_bench(args: argparse.Namespace) -> None:
                   timing=not args.no_timing)
 
 
+def _check_toy_model(model: str | None) -> None:
+    from bas_toyworld.extraction import DEFAULT_MODEL
+
+    if model is None and not (DEFAULT_MODEL / "model_index.json").is_file():
+        raise BASError(f"the committed toy model is missing at {DEFAULT_MODEL}; reinstall the package or pass --model "
+                       "(make one with scripts/pretrain_toy.py)")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    # The toy world lives beside the engine (bas_toyworld); imported only for these two commands.
+    from bas_toyworld.demo import DemoSettings, run_demo
+
+    _check_toy_model(args.model)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    for name in ("phase1_steps", "phase2_steps", "images"):
+        if getattr(args, name) < (1 if name == "images" else 0):
+            raise BASError(f"--{name.replace('_', '-')} must be {'at least 1' if name == 'images' else '0 or more'}")
+    settings = DemoSettings(scene_seed=args.scene, phase1_steps=args.phase1_steps, phase2_steps=args.phase2_steps,
+                            mode=args.mode, image_seeds=tuple(range(args.images)))
+    if args.guidance is not None:
+        settings.guidance = args.guidance
+    run_demo(args.out, args.model, settings)
+
+
+def cmd_fidelity(args: argparse.Namespace) -> None:
+    from bas_toyworld.fidelity import VARIANTS, FidelitySettings, run_fidelity
+
+    _check_toy_model(args.model)
+    variants = tuple(_csv(args.variants) or VARIANTS)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise BASError(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    for name in ("scenes", "seeds", "images", "workers"):
+        if getattr(args, name) < 1:
+            raise BASError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    settings = FidelitySettings(variants=variants, scene_seeds=tuple(range(1, args.scenes + 1)),
+                                train_seeds=tuple(range(args.seeds)), phase1_steps=args.phase1_steps,
+                                phase2_steps=args.phase2_steps, image_seeds=tuple(range(args.images)),
+                                workers=args.workers, model_dir=args.model)
+    run_fidelity(args.out, settings)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bas", description="Break-A-Scene: extract concepts from one image")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_extract, _add_generate, _add_export, _add_bench):
+    for add in (_add_extract, _add_generate, _add_export, _add_bench, _add_demo, _add_fidelity):
         add(sub)
     args = parser.parse_args(argv)
-    command = {"extract": cmd_extract, "generate": cmd_generate, "export": cmd_export, "bench": cmd_bench}
+    command = {"extract": cmd_extract, "generate": cmd_generate, "export": cmd_export, "bench": cmd_bench,
+               "demo": cmd_demo, "fidelity": cmd_fidelity}
     try:
         command[args.command](args)
     except BASError as exc:

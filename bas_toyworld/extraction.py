@@ -1,0 +1,218 @@
+"""Break-A-Scene on toy scenes: train handles with the engine, generate with them, score with the judge.
+
+Shared by ``bas demo`` (one scene, a report) and ``bas fidelity`` (many scenes and ablations, a table).
+The method itself is entirely ``bas_engine``; this module only feeds it toy scenes and reads the
+judge's verdicts.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import judge
+from .world import BACKGROUND_PHRASES, BACKGROUNDS, DemoScene
+
+DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "toy_sd"
+TOY_RESOLUTION = 64
+
+
+@dataclass(frozen=True)
+class PromptCase:
+    """One prompt to generate and how to score it."""
+
+    kind: str                          # "alone" | "pair" | "context"
+    prompt: str                        # with handle tokens, e.g. "a photo of <asset0> on the beach"
+    concepts: tuple[int, ...]          # indices of the handles the prompt asks for
+    background: str | None = None      # the context asked for (scored with prompt fidelity)
+
+
+@dataclass
+class ScoredImage:
+    image: np.ndarray                  # uint8 HxWx3
+    seed: int
+    identity: float                    # mean over the requested concepts
+    leakage: float                     # fraction of the not-requested scene concepts that appear
+    fidelity: float | None             # context prompts only
+
+
+@dataclass
+class CaseResult:
+    case: PromptCase
+    images: list[ScoredImage]
+
+    def mean(self, score: str) -> float:
+        values = [getattr(i, score) for i in self.images if getattr(i, score) is not None]
+        return float(np.mean(values)) if values else float("nan")
+
+
+@dataclass
+class AttentionHistory:
+    """Each handle's normalised attention map (unflipped) over training, as snapshots."""
+
+    steps: list[int] = field(default_factory=list)
+    maps: list[np.ndarray] = field(default_factory=list)  # each (N, h, w), NaN rows for unseen handles
+    latest: np.ndarray | None = None
+    recent: list[np.ndarray] = field(default_factory=list)  # latest map of each handle at the last snapshots
+
+    def update(self, event) -> None:
+        maps = event.maps.float().numpy()
+        if event.flipped:
+            maps = maps[:, :, ::-1]
+        if self.latest is None:
+            self.latest = np.full_like(maps, np.nan)
+        for i, chosen in enumerate(event.chosen):
+            if chosen:
+                self.latest[i] = maps[i]
+        self.steps.append(event.done)
+        self.maps.append(self.latest.copy())
+
+    def final_maps(self, last: int = 8) -> np.ndarray:
+        """Mean of each handle's map over the last ``last`` snapshots: one step's map depends on its
+        random timestep, the mean is the steadier picture of where a handle looks."""
+        stack = np.stack(self.maps[-last:])
+        return np.nanmean(stack, axis=0)
+
+
+def engine_scene(demo: DemoScene, names: Sequence[str] | None = None, initializers: Sequence[str | None] | None = None):
+    """The demo scene as a ``bas_engine.scene.Scene`` with its loose masks (what a user would paint)."""
+    from bas_engine.scene import load_scene
+
+    masks = [m.astype(np.float32) for m in demo.loose_masks]
+    return load_scene(demo.image, masks, names=names, initializers=initializers)
+
+
+def prompt_cases(n_concepts: int, scene_background: str, contexts_per_concept: int = 1,
+                 pairs: bool = True) -> list[PromptCase]:
+    """Each concept alone, every pair recombined, and each concept in new contexts (backgrounds
+    other than the scene's), in the training prompt's wording."""
+    tok = [f"<asset{i}>" for i in range(n_concepts)]
+    cases = [PromptCase("alone", f"a photo of {tok[i]}", (i,)) for i in range(n_concepts)]
+    if pairs:
+        cases += [PromptCase("pair", f"a photo of {tok[i]} and {tok[j]}", (i, j))
+                  for i in range(n_concepts) for j in range(i + 1, n_concepts)]
+    others = [bg for bg in BACKGROUNDS if bg != scene_background]
+    for i in range(n_concepts):
+        for k in range(contexts_per_concept):
+            bg = others[(i * contexts_per_concept + k) % len(others)]
+            cases.append(PromptCase("context", f"a photo of {tok[i]} {BACKGROUND_PHRASES[bg]}", (i,), bg))
+    return cases
+
+
+# The paper's learning rates are for SD, pretrained at 1e-4; the toy model was pretrained at 8e-4. Phase 2's
+# rates are scaled by that ratio (LoRA 1e-4 -> 8e-4, full 2e-6 -> 1.6e-5, handles in phase 2 2e-6 -> 1.6e-5);
+# phase 1's embedding rate (5e-4) is the paper's. Everything else is the paper's recipe.
+TOY_LR_FACTOR = 8.0
+
+
+def toy_config(phase1_steps: int = 400, phase2_steps: int = 400, mode: str = "lora", seed: int = 0, **overrides):
+    """TrainConfig for the toy model: 64 px, phase-2 rates scaled to the toy's pretraining rate."""
+    from bas_engine.config import TrainConfig
+
+    base = TrainConfig(mode=mode)
+    config = TrainConfig(phase1_steps=phase1_steps, phase2_steps=phase2_steps, mode=mode, resolution=TOY_RESOLUTION,
+                         seed=seed, phase2_lr=base.denoiser_lr * TOY_LR_FACTOR,
+                         phase2_handle_lr=base.phase2_handle_lr * TOY_LR_FACTOR)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def load_toy_model(model_dir: str | Path | None = None):
+    """The toy model's components in fp32 (stored fp16), through the engine's normal loader."""
+    from bas_engine.models import load_model
+
+    _quiet_loaders()
+    return load_model(str(model_dir or DEFAULT_MODEL), dtype=torch.float32)
+
+
+def _quiet_loaders() -> None:
+    """No per-load progress bars or torchvision notices in the demo's output."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def train_scene(components, demo: DemoScene, config, preview_every: int = 10,
+                on_progress: Callable | None = None, device: str = "cpu"):
+    """Run Break-A-Scene (the engine) on the demo scene; returns (pack, attention history)."""
+    from bas_engine.callbacks import TrainCallbacks
+    from bas_engine.trainer import train
+
+    history = AttentionHistory()
+    callbacks = TrainCallbacks(on_progress=on_progress, on_preview=history.update, preview_every=preview_every)
+    pack = train(components, engine_scene(demo), config, callbacks, device=device)
+    return pack, history
+
+
+@torch.no_grad()
+def generate_cases(components, pack, demo: DemoScene, cases: Sequence[PromptCase], seeds: Sequence[int],
+                   steps: int = 25, guidance: float = 5.0) -> list[CaseResult]:
+    """Generate every case for every seed with the pack applied to a copy of the model, and score."""
+    from bas_engine.generate import apply_pack, build_pipeline
+
+    pipe = build_pipeline(copy.deepcopy(components))  # apply_pack merges into the weights
+    apply_pack(pipe, pack)
+    results = []
+    for case in cases:
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        out = pipe([case.prompt] * len(seeds), num_inference_steps=steps, guidance_scale=guidance,
+                   generator=generators, output_type="np").images
+        scored = []
+        for seed, img in zip(seeds, out):
+            img = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+            scored.append(score_image(img, case, demo))
+            scored[-1].seed = seed
+        results.append(CaseResult(case, scored))
+    return results
+
+
+def score_image(image: np.ndarray, case: PromptCase, demo: DemoScene) -> ScoredImage:
+    det = judge.detect(image)
+    asked = [demo.concepts[i] for i in case.concepts]
+    others = [c for i, c in enumerate(demo.concepts) if i not in case.concepts]
+    ident = float(np.mean([judge.identity(det, c) for c in asked]))
+    leak = judge.leakage(det, others) if others else 0.0
+    fid = judge.prompt_fidelity(det, case.background) if case.background else None
+    return ScoredImage(image, -1, ident, leak, fid)
+
+
+def attention_ious(history: AttentionHistory, demo: DemoScene) -> list[float]:
+    """IoU of each handle's final attention map with its object's exact mask."""
+    maps = history.final_maps()
+    return [judge.attention_iou(np.nan_to_num(maps[i]), demo.masks[i]) for i in range(len(demo.concepts))]
+
+
+def summary_scores(results: Sequence[CaseResult], ious: Sequence[float]) -> dict[str, float]:
+    """One number per score for a run (means over prompts and seeds)."""
+    def mean_of(kind: str, score: str) -> float:
+        values = [getattr(i, score) for r in results if r.case.kind == kind for i in r.images]
+        return float(np.mean(values)) if values else float("nan")
+
+    pair_both = [float(i.identity >= 1.0 - 1e-9) for r in results if r.case.kind == "pair" for i in r.images]
+    leak = [i.leakage for r in results if r.case.kind in ("alone", "context") for i in r.images]
+    return {
+        "identity_alone": mean_of("alone", "identity"),
+        "identity_pair": mean_of("pair", "identity"),
+        "pair_both_exact": float(np.mean(pair_both)) if pair_both else float("nan"),
+        "identity_context": mean_of("context", "identity"),
+        "prompt_fidelity": mean_of("context", "fidelity"),
+        "leakage": float(np.mean(leak)) if leak else float("nan"),
+        "attention_iou": float(np.mean(ious)),
+    }
+
+
+SCORE_HELP = {
+    "identity_alone": "concept alone: share of its shape/colour/texture found (1 = exact)",
+    "identity_pair": "two concepts in one prompt: mean identity of both",
+    "pair_both_exact": "two concepts in one prompt: share of images with both exactly right",
+    "identity_context": "concept in a new context: identity",
+    "prompt_fidelity": "concept in a new context: the background asked for is there",
+    "leakage": "concepts not asked for that appear anyway (lower is better)",
+    "attention_iou": "each handle's cross-attention vs its object's exact mask (IoU)",
+}

@@ -1,0 +1,193 @@
+"""The committed toy model, `bas demo` (short run) and the pieces of `bas fidelity`."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bas_toyworld.extraction import (
+    DEFAULT_MODEL, AttentionHistory, PromptCase, attention_ious, load_toy_model, prompt_cases, score_image,
+    summary_scores,
+)
+from bas_toyworld.world import BACKGROUNDS, make_demo_scene
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_toy_model()
+
+
+def test_committed_model_loads_through_the_engine(toy):
+    from bas_engine.models import model_fingerprint
+    from bas_toyworld.model import weights_size_mb
+
+    assert (DEFAULT_MODEL / "model_index.json").is_file()
+    assert weights_size_mb(DEFAULT_MODEL) <= 30
+    assert toy.family == "sd1" and toy.prediction_type == "epsilon"
+    assert toy.unet.dtype == torch.float32  # stored fp16, loaded fp32 for CPU training
+    # The reproduction recipe travels with the weights.
+    recipe = json.loads((DEFAULT_MODEL / "pretrain.json").read_text())
+    assert "scripts/pretrain_toy.py" in recipe["command"] and "--seed" in recipe["command"]
+    assert recipe["weights_sha256"]["unet"] and recipe["train_minutes"] <= 60
+    assert len(model_fingerprint(toy.unet)) == 16
+
+
+def test_committed_model_follows_prompts(toy):
+    """The pretrained model draws the background and the object colour a caption asks for (random
+    weights or a caption-blind model would fail this)."""
+    from bas_engine.generate import build_pipeline
+    from bas_toyworld import judge
+
+    pipe = build_pipeline(toy)
+    hits = []
+    for bg, colour, shape in (("night", "red", "circle"), ("white", "blue", "square"), ("grass", "yellow", "star")):
+        gens = [torch.Generator().manual_seed(s) for s in range(2)]
+        images = pipe([f"a large {colour} {shape} {_phrase(bg)}"] * 2,
+                      num_inference_steps=20, guidance_scale=4.0, generator=gens, output_type="np").images
+        for img in images:
+            det = judge.detect((img * 255).round().astype(np.uint8))
+            hits.append(det.background == bg)
+            hits.append(any(o.colour == colour for o in det.objects))
+    assert np.mean(hits) >= 0.6, hits
+
+
+def _phrase(bg: str) -> str:
+    from bas_toyworld.world import BACKGROUND_PHRASES
+
+    return BACKGROUND_PHRASES[bg]
+
+
+def test_prompt_cases():
+    cases = prompt_cases(3, "beach", contexts_per_concept=2)
+    kinds = [c.kind for c in cases]
+    assert kinds.count("alone") == 3 and kinds.count("pair") == 3 and kinds.count("context") == 6
+    assert all(c.background != "beach" for c in cases if c.kind == "context")
+    assert cases[3].prompt == "a photo of <asset0> and <asset1>" and cases[3].concepts == (0, 1)
+    assert all(f"<asset{c.concepts[0]}>" in c.prompt for c in cases)
+
+
+def test_scores_of_rendered_truth():
+    """Scoring the scene's own rendering: each concept is there, the scene background is right."""
+    demo = make_demo_scene(0)
+    s = score_image(demo.image, PromptCase("context", "x", (0,), demo.spec.background), demo)
+    assert s.identity == 1.0 and s.fidelity == 1.0 and s.leakage == 1.0  # the other two are in the picture
+    other = next(b for b in BACKGROUNDS if b != demo.spec.background)
+    assert score_image(demo.image, PromptCase("context", "x", (1, 2), other), demo).fidelity < 0.5
+
+
+def test_attention_history_unflips_and_ious():
+    from bas_engine.callbacks import PreviewEvent
+
+    demo = make_demo_scene(0)
+    masks = torch.stack([torch.from_numpy(m[::4, ::4].astype(np.float32)) for m in demo.masks])
+    history = AttentionHistory()
+    history.update(PreviewEvent(1, 1, 1, 2, torch.zeros(3, 64, 64), masks.flip(-1), [True, True, False], [], True))
+    history.update(PreviewEvent(1, 2, 2, 2, torch.zeros(3, 64, 64), masks, [False, False, True], [], False))
+    assert np.isnan(history.maps[0][2]).all() and not np.isnan(history.maps[1]).any()
+    ious = attention_ious(history, demo)
+    assert all(iou > 0.7 for iou in ious), ious  # the exact masks, unflipped, match themselves
+
+
+def test_summary_scores_keys():
+    from bas_toyworld.extraction import SCORE_HELP, CaseResult, ScoredImage
+
+    img = np.zeros((64, 64, 3), np.uint8)
+    results = [CaseResult(PromptCase("alone", "a", (0,)), [ScoredImage(img, 0, 1.0, 0.5, None)]),
+               CaseResult(PromptCase("pair", "b", (0, 1)), [ScoredImage(img, 0, 1.0, 0.0, None)]),
+               CaseResult(PromptCase("context", "c", (1,), "night"), [ScoredImage(img, 0, 0.5, 0.0, 1.0)])]
+    s = summary_scores(results, [0.2, 0.4])
+    assert set(s) == set(SCORE_HELP)
+    assert s["identity_alone"] == 1.0 and s["pair_both_exact"] == 1.0 and s["prompt_fidelity"] == 1.0
+    assert s["leakage"] == 0.25 and math.isclose(s["attention_iou"], 0.3)
+
+
+def test_short_demo_run(tmp_path):
+    from bas_engine.pack import load_pack
+    from bas_toyworld.demo import DemoSettings, run_demo
+
+    out = tmp_path / "demo"
+    settings = DemoSettings(phase1_steps=6, phase2_steps=6, image_seeds=(0,), sample_steps=4, contexts_per_concept=1)
+    lines = []
+    payload = run_demo(out, settings=settings, log=lines.append)
+    for name in ("report.html", "contact_sheet.png", "scores.json", "toy_scene.safetensors", "images/input.png",
+                 "images/masks_loose.png", "images/losses.png"):
+        assert (out / name).is_file(), name
+    page = (out / "report.html").read_text()
+    assert page.count("<img") >= 3 + 3 + 9 and "&lt;asset2&gt;" in page
+    scores = json.loads((out / "scores.json").read_text())
+    assert len(scores["cases"]) == 9 and len(scores["attention_iou_per_handle"]) == 3
+    assert all(0.0 <= v <= 1.0 for v in scores["scores"].values())
+    assert payload["scores"] == scores["scores"]
+    pack = load_pack(out / "toy_scene.safetensors")
+    assert pack.tokens == ["<asset0>", "<asset1>", "<asset2>"] and pack.meta["settings"]["phase1_steps"] == 6
+    assert any(line.startswith("report:") for line in lines)
+    assert not list(out.rglob(".tmp-*"))  # atomic writes left nothing half-written
+
+
+def test_toy_config_scales_phase2_rates_only():
+    from bas_engine.config import TrainConfig
+    from bas_toyworld.extraction import TOY_LR_FACTOR, toy_config
+
+    paper = TrainConfig()
+    lora, full = toy_config(mode="lora"), toy_config(mode="full")
+    assert lora.resolution == 64 and (lora.phase1_steps, lora.phase2_steps) == (400, 400)
+    assert lora.phase1_lr == paper.phase1_lr and lora.attention_loss_weight == paper.attention_loss_weight
+    assert math.isclose(lora.denoiser_lr, 1e-4 * TOY_LR_FACTOR) and math.isclose(full.denoiser_lr, 2e-6 * TOY_LR_FACTOR)
+    assert math.isclose(lora.phase2_handle_lr, paper.phase2_handle_lr * TOY_LR_FACTOR)
+    assert toy_config(masked_loss=False).masked_loss is False
+
+
+def test_fidelity_statistics():
+    from bas_toyworld.fidelity import mean_ci, t_critical_95
+
+    assert t_critical_95(1) == 12.706 and t_critical_95(5) == 2.571 and t_critical_95(100) == 1.96
+    m, h = mean_ci([1.0, 2.0, 3.0])
+    assert m == 2.0 and math.isclose(h, 4.303 * 1.0 / math.sqrt(3))
+    assert math.isnan(mean_ci([0.5])[1]) and mean_ci([0.5])[0] == 0.5
+    assert mean_ci([float("nan"), 1.0, 1.0]) == (1.0, 0.0)
+
+
+def test_fidelity_variants_map_to_the_ablations():
+    from bas_toyworld.fidelity import VARIANTS, FidelitySettings, variant_config
+
+    s = FidelitySettings(phase1_steps=30, phase2_steps=20)
+    method = variant_config("method", s, 0)
+    assert (method.phase1_steps, method.phase2_steps, method.mode) == (30, 20, "lora")
+    joint = variant_config("no_phase1", s, 0)
+    assert joint.phase1_steps == 0 and joint.phase2_steps == 50 and joint.phase2_handle_lr == method.phase1_lr
+    assert variant_config("no_masked_loss", s, 0).masked_loss is False
+    assert variant_config("no_attention_loss", s, 0).attention_loss_weight == 0
+    assert variant_config("no_union_sampling", s, 0).union_sampling is False
+    assert variant_config("full_finetune", s, 0).mode == "full"
+    assert set(VARIANTS) == {"method", "no_phase1", "no_masked_loss", "no_attention_loss", "no_union_sampling",
+                             "full_finetune"}
+    with pytest.raises(ValueError, match="not one of"):
+        variant_config("bogus", s, 0)
+
+
+def test_fidelity_tiny_run_and_resume(tmp_path):
+    from bas_toyworld.fidelity import FidelitySettings, run_fidelity
+
+    settings = FidelitySettings(variants=("method", "no_attention_loss"), scene_seeds=(1,), train_seeds=(0,),
+                                phase1_steps=3, phase2_steps=3, image_seeds=(0,), sample_steps=3, workers=1)
+    lines = []
+    result = run_fidelity(tmp_path, settings, log=lines.append)
+    assert len(result["records"]) == 2 and (tmp_path / "table.md").is_file()
+    assert "| method | 1 |" in result["table"] and "| no_attention_loss | 1 |" in result["table"]
+    # Attention is recorded for the IoU even when the attention loss is off.
+    assert all(r["scores"]["attention_iou"] >= 0.0 for r in result["records"])
+    lines.clear()
+    again = run_fidelity(tmp_path, settings, log=lines.append)
+    assert lines[0].startswith("2 runs already done, 0 to run") and len(again["records"]) == 2
+
+
+def test_cli_demo_and_fidelity_errors(capsys):
+    from bas_engine.cli import main
+
+    assert main(["fidelity", "--variants", "method,bogus", "--out", "unused"]) == 2
+    assert "unknown ['bogus']" in capsys.readouterr().err
+    assert main(["demo", "--images", "0", "--out", "unused"]) == 2
+    assert "--images must be at least 1" in capsys.readouterr().err
+    assert main(["demo", "--model", "/nonexistent/model", "--out", "unused"]) == 2
+    assert "does not exist" in capsys.readouterr().err
