@@ -5,8 +5,12 @@
 * ``judge``     detector and scores (identity, prompt fidelity, leakage, attention IoU)
 * ``model``     tiny SD-1.x-shaped model (VAE, UNet, CLIP text encoder, DDPM scheduler)
 * ``preview``   sample grids + judge scores for a trained toy model
+* ``extraction`` Break-A-Scene (the engine) on toy scenes: train, generate, score
+* ``demo``      ``bas demo``: one scene end to end, HTML report and contact sheet
+* ``fidelity``  ``bas fidelity``: the method and its ablations over held-out scenes, mean ± 95 % CI
+* ``weights/toy_sd`` the committed pretrained model (see ``weights/toy_sd/pretrain.json``)
 
-``world`` and ``judge`` need only numpy; ``model`` and ``preview`` import torch/diffusers.
+``world`` and ``judge`` need only numpy; the others import torch/diffusers (and the engine).
 """
 from .world import (  # noqa: F401
     NOVEL_CONCEPTS, Concept, DemoScene, ObjectSpec, Scene, SceneSpec, caption, make_demo_scene,

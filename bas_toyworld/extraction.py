@@ -163,23 +163,20 @@ def generate_cases(components, pack, demo: DemoScene, cases: Sequence[PromptCase
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         out = pipe([case.prompt] * len(seeds), num_inference_steps=steps, guidance_scale=guidance,
                    generator=generators, output_type="np").images
-        scored = []
-        for seed, img in zip(seeds, out):
-            img = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
-            scored.append(score_image(img, case, demo))
-            scored[-1].seed = seed
-        results.append(CaseResult(case, scored))
+        images = [np.clip(np.round(img * 255), 0, 255).astype(np.uint8) for img in out]
+        results.append(CaseResult(case, [score_image(img, case, demo, seed) for seed, img in zip(seeds, images)]))
     return results
 
 
-def score_image(image: np.ndarray, case: PromptCase, demo: DemoScene) -> ScoredImage:
+def score_image(image: np.ndarray, case: PromptCase, demo: DemoScene, seed: int = -1) -> ScoredImage:
+    """The judge's verdict on one generated image for the prompt it was made for."""
     det = judge.detect(image)
     asked = [demo.concepts[i] for i in case.concepts]
     others = [c for i, c in enumerate(demo.concepts) if i not in case.concepts]
     ident = float(np.mean([judge.identity(det, c) for c in asked]))
     leak = judge.leakage(det, others) if others else 0.0
     fid = judge.prompt_fidelity(det, case.background) if case.background else None
-    return ScoredImage(image, -1, ident, leak, fid)
+    return ScoredImage(image, seed, ident, leak, fid)
 
 
 def attention_ious(history: AttentionHistory, demo: DemoScene) -> list[float]:

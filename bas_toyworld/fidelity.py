@@ -11,7 +11,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -46,7 +46,6 @@ class FidelitySettings:
     guidance: float = 5.0
     workers: int = 2
     model_dir: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def variant_config(name: str, settings: FidelitySettings, train_seed: int):

@@ -34,28 +34,31 @@ def test_committed_model_loads_through_the_engine(toy):
 
 
 def test_committed_model_follows_prompts(toy):
-    """The pretrained model draws the background and the object colour a caption asks for (random
-    weights or a caption-blind model would fail this)."""
+    """Images drawn for a caption have its background and object colour far more often than the
+    background and colour of another caption (a caption-blind model would score the same on both)."""
     from bas_engine.generate import build_pipeline
     from bas_toyworld import judge
-
-    pipe = build_pipeline(toy)
-    hits = []
-    for bg, colour, shape in (("night", "red", "circle"), ("white", "blue", "square"), ("grass", "yellow", "star")):
-        gens = [torch.Generator().manual_seed(s) for s in range(2)]
-        images = pipe([f"a large {colour} {shape} {_phrase(bg)}"] * 2,
-                      num_inference_steps=20, guidance_scale=4.0, generator=gens, output_type="np").images
-        for img in images:
-            det = judge.detect((img * 255).round().astype(np.uint8))
-            hits.append(det.background == bg)
-            hits.append(any(o.colour == colour for o in det.objects))
-    assert np.mean(hits) >= 0.6, hits
-
-
-def _phrase(bg: str) -> str:
     from bas_toyworld.world import BACKGROUND_PHRASES
 
-    return BACKGROUND_PHRASES[bg]
+    asks = [("night", "red", "circle"), ("white", "blue", "square"), ("grass", "yellow", "star"),
+            ("gray", "orange", "ring"), ("beach", "purple", "cross"), ("tiles", "cyan", "triangle")]
+    pipe = build_pipeline(toy)
+    detections = []
+    for bg, colour, shape in asks:
+        gens = [torch.Generator().manual_seed(s) for s in range(4)]
+        images = pipe([f"a large {colour} {shape} {BACKGROUND_PHRASES[bg]}"] * 4, num_inference_steps=20,
+                      guidance_scale=4.0, generator=gens, output_type="np").images
+        detections.append([judge.detect((img * 255).round().astype(np.uint8)) for img in images])
+
+    def hit_rate(shift: int) -> float:
+        hits = []
+        for k, dets in enumerate(detections):
+            bg, colour, _ = asks[(k + shift) % len(asks)]
+            hits += [d.background == bg for d in dets] + [any(o.colour == colour for o in d.objects) for d in dets]
+        return float(np.mean(hits))
+
+    own, other = hit_rate(0), np.mean([hit_rate(s) for s in range(1, len(asks))])
+    assert own >= 0.45 and own - other >= 0.25, (own, other)
 
 
 def test_prompt_cases():
@@ -80,13 +83,16 @@ def test_attention_history_unflips_and_ious():
     from bas_engine.callbacks import PreviewEvent
 
     demo = make_demo_scene(0)
-    masks = torch.stack([torch.from_numpy(m[::4, ::4].astype(np.float32)) for m in demo.masks])
+    masks = torch.stack([torch.from_numpy(m.reshape(16, 4, 16, 4).mean(axis=(1, 3), dtype=np.float32)) for m in demo.masks])
     history = AttentionHistory()
     history.update(PreviewEvent(1, 1, 1, 2, torch.zeros(3, 64, 64), masks.flip(-1), [True, True, False], [], True))
     history.update(PreviewEvent(1, 2, 2, 2, torch.zeros(3, 64, 64), masks, [False, False, True], [], False))
     assert np.isnan(history.maps[0][2]).all() and not np.isnan(history.maps[1]).any()
     ious = attention_ious(history, demo)
-    assert all(iou > 0.7 for iou in ious), ious  # the exact masks, unflipped, match themselves
+    assert all(iou > 0.6 for iou in ious), ious  # the exact masks, unflipped, match themselves
+    mirrored = AttentionHistory()
+    mirrored.update(PreviewEvent(1, 1, 1, 1, torch.zeros(3, 64, 64), masks.flip(-1), [True] * 3, [], False))
+    assert np.mean(attention_ious(mirrored, demo)) < np.mean(ious) - 0.2  # not unflipping would be wrong
 
 
 def test_summary_scores_keys():
