@@ -167,9 +167,16 @@ def run_fidelity(out_dir: str | Path, settings: FidelitySettings | None = None,
     if settings.workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
 
-        with mp.get_context("spawn").Pool(settings.workers) as pool:
+        pool = mp.get_context("spawn").Pool(settings.workers)
+        try:
             for record in pool.imap_unordered(run_one, jobs):
                 keep(record)
+            pool.close()  # let the workers exit on their own (terminate() leaks their semaphores)
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
     else:
         for job in jobs:
             keep(run_one(job))
