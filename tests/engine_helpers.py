@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 
 from bas_engine.config import TrainConfig
@@ -11,7 +12,10 @@ from bas_engine.scene import Scene, load_scene
 
 # ../shared/scenes beside the checkout (as in CI: a fresh clone with shared/ beside it)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_SCENES = os.path.join(os.path.dirname(ROOT), "shared", "scenes")
+SHARED_SCENES = os.environ.get("BAS_SHARED_SCENES") or os.path.join(os.path.dirname(ROOT), "shared", "scenes")
+needs_shared_scenes = pytest.mark.skipif(
+    not os.path.isdir(SHARED_SCENES),
+    reason=f"the shared scenes are not at {SHARED_SCENES} (../shared/scenes beside the checkout, or BAS_SHARED_SCENES)")
 RESOLUTION = 64
 
 

@@ -11,9 +11,9 @@ from bas_engine.cli import main
 from bas_engine.models import save_model
 from bas_engine.pack import load_pack
 from bas_engine.testing import tiny_components
+from engine_helpers import SHARED_SCENES, needs_shared_scenes
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCENE = os.path.join(ROOT, "..", "shared", "scenes", "creature")
+SCENE = os.path.join(SHARED_SCENES, "creature")
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def model_dir(tmp_path_factory):
     return path
 
 
-@pytest.mark.skipif(not os.path.isdir(SCENE), reason="../shared/scenes is not beside this checkout")
+@needs_shared_scenes
 def test_extract_export_generate(model_dir, tmp_path, capsys):
     pack_path = str(tmp_path / "creature.safetensors")
     code = main(["extract", SCENE, "--model", model_dir, "--out", pack_path, "--names", "figurine,bowl,stone",

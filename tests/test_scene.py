@@ -12,7 +12,7 @@ from PIL import Image
 from bas_engine.errors import InputError
 from bas_engine.scene import image_to_tensor, load_scene, load_scene_dir, mask_to_tensor, resize_masks
 
-from engine_helpers import SHARED_SCENES
+from engine_helpers import SHARED_SCENES, needs_shared_scenes
 
 
 def _soft_mask(h=32, w=32) -> np.ndarray:
@@ -54,6 +54,7 @@ def test_alpha_when_rgb_constant_and_alpha_varies(tmp_path):
         torch.testing.assert_close(mask_to_tensor(source, "mask 0"), expected, atol=1e-6, rtol=0)
 
 
+@needs_shared_scenes
 def test_shared_scene_masks_are_luminance_with_opaque_alpha():
     path = os.path.join(SHARED_SCENES, "bear", "mask0.png")
     image = Image.open(path)
@@ -128,6 +129,7 @@ def test_any_number_of_concepts(count):
         assert float(scene.masks[i, i * 4:(i + 1) * 4].min()) == 1.0
 
 
+@needs_shared_scenes
 @pytest.mark.parametrize("name", ["bear", "sheep"])
 def test_load_scene_dir_on_shared_scene(name):
     folder = os.path.join(SHARED_SCENES, name)

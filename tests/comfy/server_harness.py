@@ -36,7 +36,7 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 PACK_FOLDER = "ComfyUI-Break-A-Scene"
-SCENES = os.path.normpath(os.path.join(REPO, "..", "shared", "scenes"))
+SCENES = os.environ.get("BAS_SHARED_SCENES") or os.path.normpath(os.path.join(REPO, "..", "shared", "scenes"))
 CACHE = os.environ.get("BAS_TEST_CACHE", os.path.join(REPO, ".cache", "test_models"))  # as comfy_fixtures.CACHE
 EXAMPLE_WORKFLOWS = os.path.join(REPO, "example_workflows")
 #: the node pack folder linked into the server's custom_nodes (default: this checkout)
