@@ -31,7 +31,7 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "full_finetune": ({"mode": "full"}, "full fine-tuning of the UNet in phase 2 (the paper's setting)"),
 }
 SCORES = tuple(SCORE_HELP)
-LOWER_IS_BETTER = {"leakage"}
+LOWER_IS_BETTER = {"leakage", "leakage_2of3"}
 
 
 @dataclass
@@ -85,9 +85,14 @@ def run_one(job: tuple[str, int, int, dict]) -> dict:
     cases = prompt_cases(len(demo.concepts), demo.spec.background, contexts_per_concept=1)
     results = generate_cases(components, pack, demo, cases, settings.image_seeds, settings.sample_steps,
                              settings.guidance)
-    scores = summary_scores(results, attention_ious(history, demo))
+    ious = attention_ious(history, demo)
+    scores = summary_scores(results, ious)
+    # Per-image verdicts too, so a new summary score can be computed from the records without rerunning.
+    images = [{"kind": r.case.kind, "prompt": r.case.prompt, "seed": i.seed, "identities": list(i.identities),
+               "leakage": i.leakage, "leakage_2of3": i.leakage_partial, "fidelity": i.fidelity}
+              for r in results for i in r.images]
     return {"variant": variant, "scene_seed": scene_seed, "train_seed": train_seed, "scores": scores,
-            "seconds": round(time.time() - t0, 1)}
+            "attention_iou_per_handle": ious, "images": images, "seconds": round(time.time() - t0, 1)}
 
 
 def t_critical_95(df: int) -> float:
@@ -139,6 +144,7 @@ def run_fidelity(out_dir: str | Path, settings: FidelitySettings | None = None,
     raw = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.__dict__.items()}
     settings_key = {k: raw[k] for k in ("phase1_steps", "phase2_steps", "image_seeds", "sample_steps", "guidance",
                                         "model_dir")}
+    settings_key["scores"] = list(SCORES)  # records made with other scores are run again
     jobs, records = [], []
     for variant in settings.variants:
         for scene_seed in settings.scene_seeds:

@@ -75,6 +75,7 @@ def test_scores_of_rendered_truth():
     demo = make_demo_scene(0)
     s = score_image(demo.image, PromptCase("context", "x", (0,), demo.spec.background), demo)
     assert s.identity == 1.0 and s.fidelity == 1.0 and s.leakage == 1.0  # the other two are in the picture
+    assert s.identities == (1.0,) and s.leakage_partial == 1.0
     other = next(b for b in BACKGROUNDS if b != demo.spec.background)
     assert score_image(demo.image, PromptCase("context", "x", (1, 2), other), demo).fidelity < 0.5
 
@@ -99,13 +100,16 @@ def test_summary_scores_keys():
     from bas_toyworld.extraction import SCORE_HELP, CaseResult, ScoredImage
 
     img = np.zeros((64, 64, 3), np.uint8)
-    results = [CaseResult(PromptCase("alone", "a", (0,)), [ScoredImage(img, 0, 1.0, 0.5, None)]),
-               CaseResult(PromptCase("pair", "b", (0, 1)), [ScoredImage(img, 0, 1.0, 0.0, None)]),
-               CaseResult(PromptCase("context", "c", (1,), "night"), [ScoredImage(img, 0, 0.5, 0.0, 1.0)])]
+    results = [CaseResult(PromptCase("alone", "a", (0,)), [ScoredImage(img, 0, 1.0, 0.5, None, (1.0,), 1.0)]),
+               CaseResult(PromptCase("pair", "b", (0, 1)), [ScoredImage(img, 0, 1.0, 0.0, None, (1.0, 1.0)),
+                                                            ScoredImage(img, 1, 5 / 6, 0.0, None, (1.0, 2 / 3)),
+                                                            ScoredImage(img, 2, 2 / 3, 0.0, None, (1.0, 1 / 3))]),
+               CaseResult(PromptCase("context", "c", (1,), "night"), [ScoredImage(img, 0, 0.5, 0.0, 1.0, (0.5,))])]
     s = summary_scores(results, [0.2, 0.4])
     assert set(s) == set(SCORE_HELP)
-    assert s["identity_alone"] == 1.0 and s["pair_both_exact"] == 1.0 and s["prompt_fidelity"] == 1.0
-    assert s["leakage"] == 0.25 and math.isclose(s["attention_iou"], 0.3)
+    assert s["identity_alone"] == 1.0 and s["prompt_fidelity"] == 1.0
+    assert math.isclose(s["pair_both_exact"], 1 / 3) and math.isclose(s["pair_both_2of3"], 2 / 3)
+    assert s["leakage"] == 0.25 and s["leakage_2of3"] == 0.5 and math.isclose(s["attention_iou"], 0.3)
 
 
 def test_short_demo_run(tmp_path):
@@ -183,6 +187,7 @@ def test_fidelity_tiny_run_and_resume(tmp_path):
     assert "| method | 1 |" in result["table"] and "| no_attention_loss | 1 |" in result["table"]
     # Attention is recorded for the IoU even when the attention loss is off.
     assert all(r["scores"]["attention_iou"] >= 0.0 for r in result["records"])
+    assert all(len(r["images"]) == 9 and len(r["attention_iou_per_handle"]) == 3 for r in result["records"])
     lines.clear()
     again = run_fidelity(tmp_path, settings, log=lines.append)
     assert lines[0].startswith("2 runs already done, 0 to run") and len(again["records"]) == 2
