@@ -218,9 +218,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    for name in ("phase1_steps", "phase2_steps", "images"):
-        if getattr(args, name) < (1 if name == "images" else 0):
-            raise BASError(f"--{name.replace('_', '-')} must be {'at least 1' if name == 'images' else '0 or more'}")
+    for name in ("phase1_steps", "phase2_steps"):
+        if getattr(args, name) < 0:
+            raise BASError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    if args.images < 1:
+        raise BASError(f"--images must be at least 1, got {args.images}")
     settings = DemoSettings(scene_seed=args.scene, phase1_steps=args.phase1_steps, phase2_steps=args.phase2_steps,
                             mode=args.mode, image_seeds=tuple(range(args.images)))
     if args.guidance is not None:

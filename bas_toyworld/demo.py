@@ -14,15 +14,14 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
-from .extraction import (
-    DEFAULT_MODEL, SCORE_HELP, CaseResult, attention_ious, generate_cases, load_toy_model, prompt_cases,
-    summary_scores, toy_config, train_scene,
-)
+from bas_engine.preview import PALETTE, attention_overlay, mask_overlay
+
+from .extraction import DEFAULT_MODEL, SCORE_HELP, CaseResult, extract_and_score, prompt_cases, toy_config
 from .world import DemoScene, make_demo_scene
 
-PALETTE = [(255, 80, 80), (80, 200, 255), (255, 220, 60), (120, 255, 120)]
 ZOOM = 3  # 64 px pictures are shown at 192 px
 
 
@@ -57,7 +56,6 @@ def run_demo(out_dir: str | Path, model_dir: str | Path | None = None, settings:
     demo = make_demo_scene(settings.scene_seed)
     names = ", ".join(f"<asset{i}> = {c.phrase()}" for i, c in enumerate(demo.concepts))
     log(f"scene {settings.scene_seed}: {names}, {demo.spec.background} background")
-    components = load_toy_model(model_dir)
     config = demo_config(settings)
     total = config.phase1_steps + config.phase2_steps
     losses: dict[str, list[float]] = {}
@@ -69,18 +67,18 @@ def run_demo(out_dir: str | Path, model_dir: str | Path | None = None, settings:
             log(f"  phase {event.phase} step {event.step}/{event.steps} "
                 + " ".join(f"{k} {v:.4f}" for k, v in event.losses.items() if k != "loss"))
 
+    def on_trained(pack) -> None:
+        save_pack(pack, out / "toy_scene.safetensors")  # kept even if generation fails
+        log(f"generating {len(cases)} prompts x {len(settings.image_seeds)} seeds")
+
     log(f"training: phase 1 {config.phase1_steps} steps (handles), phase 2 {config.phase2_steps} steps ({config.mode})")
-    pack, history = train_scene(components, demo, config, preview_every=max(1, total // 40),
-                                on_progress=on_progress, device=device)
-    t_train = time.time() - t0
-    save_pack(pack, out / "toy_scene.safetensors")
     cases = prompt_cases(len(demo.concepts), demo.spec.background, settings.contexts_per_concept)
-    log(f"generating {len(cases)} prompts x {len(settings.image_seeds)} seeds")
-    results = generate_cases(components, pack, demo, cases, settings.image_seeds, settings.sample_steps,
-                             settings.guidance)
-    ious = attention_ious(history, demo)
-    scores = summary_scores(results, ious)
-    timings = {"train_s": round(t_train, 1), "total_s": round(time.time() - t0, 1)}
+    run = extract_and_score(demo, config, cases, settings.image_seeds, model_dir=model_dir,
+                            sample_steps=settings.sample_steps, guidance=settings.guidance,
+                            preview_every=max(1, total // 40), on_progress=on_progress, on_trained=on_trained,
+                            device=device)
+    history, results, ious, scores = run.history, run.results, run.ious, run.scores
+    timings = {"train_s": round(run.train_s, 1), "total_s": round(time.time() - t0, 1)}
     report = write_report(out, demo, history, results, ious, scores, losses, settings, timings, model_dir)
     payload = {"scores": scores, "attention_iou_per_handle": ious, "timings": timings,
                "scene_seed": settings.scene_seed, "concepts": [c.phrase() for c in demo.concepts],
@@ -99,27 +97,25 @@ def _zoom(image: np.ndarray, zoom: int = ZOOM) -> Image.Image:
     return Image.fromarray(image).resize((image.shape[1] * zoom, image.shape[0] * zoom), Image.NEAREST)
 
 
-def mask_picture(demo: DemoScene, loose: bool = True) -> Image.Image:
-    """The input with each (loose) mask tinted in its handle's colour."""
-    base = demo.image.astype(np.float32)
-    out = base * 0.55
-    for i, m in enumerate(demo.loose_masks if loose else demo.masks):
-        out[m] = base[m] * 0.45 + np.array(PALETTE[i % len(PALETTE)], np.float32) * 0.55
-    return _zoom(np.clip(out, 0, 255).astype(np.uint8))
+def _image_tensor(image: np.ndarray, zoom: int = 1) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float (3, H*zoom, W*zoom) in [0, 1], pixels repeated (the engine's preview layout)."""
+    t = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
+    return t.repeat_interleave(zoom, 1).repeat_interleave(zoom, 2)
 
 
-def attention_picture(demo: DemoScene, maps: np.ndarray, handle: int) -> Image.Image:
-    """One handle's attention map (NaN: not seen yet) as a heat tint over the dimmed input."""
-    size = demo.image.shape[0] * ZOOM
-    if np.isnan(maps[handle]).all():
-        heat = np.zeros((size, size), np.float32)
-    else:
-        m = np.nan_to_num(maps[handle]).astype(np.float32)
-        m = m / max(float(m.max()), 1e-12)
-        heat = np.asarray(Image.fromarray(m).resize((size, size), Image.BILINEAR), np.float32).clip(0, 1)
-    base = np.asarray(_zoom(demo.image), np.float32) * 0.35
-    tint = heat[..., None] * np.array(PALETTE[handle % len(PALETTE)], np.float32) * 0.65
-    return Image.fromarray(np.clip(base + tint, 0, 255).astype(np.uint8))
+def mask_picture(demo: DemoScene, tokens: list[str], loose: bool = True) -> Image.Image:
+    """The input with each (loose) mask tinted and labelled in its handle's colour (the engine's overlay)."""
+    masks = np.stack(demo.loose_masks if loose else demo.masks).astype(np.float32)
+    zoomed = torch.from_numpy(masks).repeat_interleave(ZOOM, 1).repeat_interleave(ZOOM, 2)
+    return mask_overlay(_image_tensor(demo.image, ZOOM), zoomed, tokens)
+
+
+def attention_tiles(demo: DemoScene, maps: np.ndarray, tokens: list[str], tile: int = 128) -> list[Image.Image]:
+    """One picture per handle: its attention map as a heat tint over the input (the engine's overlay).
+    NaN rows are handles not in any prompt yet."""
+    seen = [not np.isnan(m).all() for m in maps]
+    sheet = attention_overlay(_image_tensor(demo.image), torch.from_numpy(np.nan_to_num(maps)), tokens, seen, tile)
+    return [sheet.crop((i * tile, 0, (i + 1) * tile, tile)) for i in range(len(tokens))]
 
 
 def _save(picture: Image.Image, out: Path, rel: str) -> str:
@@ -143,25 +139,28 @@ def write_report(out: Path, demo: DemoScene, history, results: list[CaseResult],
              f"{e(str(model_dir or DEFAULT_MODEL.name))}; phase 1 {settings.phase1_steps} + phase 2 "
              f"{settings.phase2_steps} steps ({e(settings.mode)}); training {timings['train_s']:.0f} s, "
              f"total {timings['total_s']:.0f} s on {e(_device_name())}.</p>"]
+    # Every picture is made once and used by both the page and the contact sheet.
+    inputs = [_zoom(demo.image), mask_picture(demo, tokens), mask_picture(demo, tokens, loose=False)]
+    picks = np.unique(np.linspace(0, len(history.steps) - 1, min(8, len(history.steps))).astype(int))
+    attention = {k: attention_tiles(demo, history.maps[k], tokens) for k in picks}
     parts.append("<h2>Input</h2><div class=row>")
-    parts.append(_figure(_save(_zoom(demo.image), out, "images/input.png"), e(demo.caption)))
-    parts.append(_figure(_save(mask_picture(demo), out, "images/masks_loose.png"), "loose masks (training input)"))
-    parts.append(_figure(_save(mask_picture(demo, loose=False), out, "images/masks_exact.png"),
-                         "exact masks (judge only)"))
+    parts.append(_figure(_save(inputs[0], out, "images/input.png"), e(demo.caption)))
+    parts.append(_figure(_save(inputs[1], out, "images/masks_loose.png"), "loose masks (training input)"))
+    parts.append(_figure(_save(inputs[2], out, "images/masks_exact.png"), "exact masks (judge only)"))
     parts.append("</div><ul>" + "".join(
-        f"<li><span style='color:rgb{PALETTE[i % len(PALETTE)]}'>■</span> {e(tokens[i])}: {e(c.phrase())} "
-        f"(novel: never in pretraining)</li>" for i, c in enumerate(demo.concepts)) + "</ul>")
+        f"<li><span style='color:rgb{tuple(int(c * 255) for c in PALETTE[i % len(PALETTE)])}'>■</span> "
+        f"{e(tokens[i])}: {e(c.phrase())} (novel: never in pretraining)</li>" for i, c in enumerate(demo.concepts))
+        + "</ul>")
 
     parts.append("<h2>Cross-attention of each handle over training</h2><p>Maps at 1/4 of the latent "
                  "resolution, mean over layers and heads, divided by their max (the attention loss's input); "
                  "phase 2 starts at step " f"{settings.phase1_steps}. IoU with the exact mask at the end: "
                  + ", ".join(f"{e(t)} {v:.2f}" for t, v in zip(tokens, ious)) + "</p><table class=att>")
-    picks = np.unique(np.linspace(0, len(history.steps) - 1, min(8, len(history.steps))).astype(int))
     parts.append("<tr><th></th>" + "".join(f"<th>step {history.steps[k]}</th>" for k in picks) + "</tr>")
     for h, token in enumerate(tokens):
         row = [f"<th>{e(token)}</th>"]
         for k in picks:
-            rel = _save(attention_picture(demo, history.maps[k], h), out, f"images/attention_{h}_{history.steps[k]}.png")
+            rel = _save(attention[k][h], out, f"images/attention_{h}_{history.steps[k]}.png")
             row.append(f"<td><img src='{rel}' width=128></td>")
         parts.append("<tr>" + "".join(row) + "</tr>")
     parts.append("</table>")
@@ -198,18 +197,17 @@ def write_report(out: Path, demo: DemoScene, history, results: list[CaseResult],
     page += "\n".join(parts) + "</body></html>"
     path = out / "report.html"
     atomic_write_text(path, page)
-    _save(contact_sheet(demo, history, results, tokens, picks), out, "contact_sheet.png")
+    attention_rows = [(f"{token} attention, steps {history.steps[picks[0]]},{history.steps[picks[-1]]}",
+                       [attention[k][h] for k in picks]) for h, token in enumerate(tokens)]
+    _save(contact_sheet(inputs, attention_rows, results), out, "contact_sheet.png")
     return path
 
 
-def contact_sheet(demo: DemoScene, history, results: list[CaseResult], tokens: list[str], picks) -> Image.Image:
+def contact_sheet(inputs: list[Image.Image], attention_rows: list[tuple[str, list[Image.Image]]],
+                  results: list[CaseResult]) -> Image.Image:
     """The report on one PNG: input and masks, attention over training, every generated image."""
     tile, label_w, pad = 96, 260, 4
-    rows: list[tuple[str, list[Image.Image]]] = [
-        ("input | loose masks | exact masks", [_zoom(demo.image), mask_picture(demo), mask_picture(demo, loose=False)])]
-    for h, token in enumerate(tokens):
-        steps = ",".join(str(history.steps[k]) for k in (picks[0], picks[-1]))
-        rows.append((f"{token} attention, steps {steps}", [attention_picture(demo, history.maps[k], h) for k in picks]))
+    rows = [("input | loose masks | exact masks", inputs)] + attention_rows
     for r in results:
         scores = f"id {r.mean('identity'):.2f} leak {r.mean('leakage'):.2f}" + (
             f" ctx {r.mean('fidelity'):.2f}" if r.case.background else "")

@@ -7,9 +7,10 @@ judge's verdicts.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -58,8 +59,7 @@ class AttentionHistory:
 
     steps: list[int] = field(default_factory=list)
     maps: list[np.ndarray] = field(default_factory=list)  # each (N, h, w), NaN rows for unseen handles
-    latest: np.ndarray | None = None
-    recent: list[np.ndarray] = field(default_factory=list)  # latest map of each handle at the last snapshots
+    latest: np.ndarray | None = None  # each handle's map when it was last in a prompt
 
     def update(self, event) -> None:
         maps = event.maps.float().numpy()
@@ -115,13 +115,11 @@ def toy_config(phase1_steps: int = 400, phase2_steps: int = 400, mode: str = "lo
     """TrainConfig for the toy model: 64 px, phase-2 rates scaled to the toy's pretraining rate."""
     from bas_engine.config import TrainConfig
 
-    base = TrainConfig(mode=mode)
-    config = TrainConfig(phase1_steps=phase1_steps, phase2_steps=phase2_steps, mode=mode, resolution=TOY_RESOLUTION,
-                         seed=seed, phase2_lr=base.denoiser_lr * TOY_LR_FACTOR,
-                         phase2_handle_lr=base.phase2_handle_lr * TOY_LR_FACTOR)
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    return config
+    paper = TrainConfig(mode=mode)
+    settings = dict(phase1_steps=phase1_steps, phase2_steps=phase2_steps, mode=mode, resolution=TOY_RESOLUTION,
+                    seed=seed, phase2_lr=paper.denoiser_lr * TOY_LR_FACTOR,
+                    phase2_handle_lr=paper.phase2_handle_lr * TOY_LR_FACTOR)
+    return TrainConfig(**{**settings, **overrides})
 
 
 def load_toy_model(model_dir: str | Path | None = None):
@@ -168,6 +166,35 @@ def generate_cases(components, pack, demo: DemoScene, cases: Sequence[PromptCase
         images = [np.clip(np.round(img * 255), 0, 255).astype(np.uint8) for img in out]
         results.append(CaseResult(case, [score_image(img, case, demo, seed) for seed, img in zip(seeds, images)]))
     return results
+
+
+@dataclass
+class Extraction:
+    """One Break-A-Scene run on a toy scene, and the judge's verdicts on what it generates."""
+
+    pack: Any                          # bas_engine.pack.ConceptPack
+    history: AttentionHistory
+    results: list[CaseResult]
+    ious: list[float]                  # per handle
+    scores: dict[str, float]           # summary_scores
+    train_s: float                     # loading the model + both phases
+
+
+def extract_and_score(demo: DemoScene, config, cases: Sequence[PromptCase], image_seeds: Sequence[int], *,
+                      model_dir: str | Path | None = None, sample_steps: int = 25, guidance: float = 5.0,
+                      preview_every: int = 10, on_progress: Callable | None = None,
+                      on_trained: Callable | None = None, device: str = "cpu") -> Extraction:
+    """Train on the scene (the engine), generate every case for every seed, and score: the one run that
+    ``bas demo`` reports on and ``bas fidelity`` repeats. ``on_trained(pack)`` runs before generation."""
+    start = time.time()
+    components = load_toy_model(model_dir)
+    pack, history = train_scene(components, demo, config, preview_every, on_progress, device)
+    train_s = time.time() - start
+    if on_trained is not None:
+        on_trained(pack)
+    results = generate_cases(components, pack, demo, cases, image_seeds, sample_steps, guidance)
+    ious = attention_ious(history, demo)
+    return Extraction(pack, history, results, ious, summary_scores(results, ious), train_s)
 
 
 def score_image(image: np.ndarray, case: PromptCase, demo: DemoScene, seed: int = -1) -> ScoredImage:

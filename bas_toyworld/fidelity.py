@@ -22,7 +22,7 @@ from .extraction import SCORE_HELP
 # name -> (TrainConfig overrides, what the paper predicts against "method")
 VARIANTS: dict[str, tuple[dict, str]] = {
     "method": ({}, "the full method (LoRA in phase 2, as this engine's default)"),
-    "no_phase1": ({"phase1_steps": 0, "joint": True},
+    "no_phase1": ({"joint": True},
                   "one joint phase from the start (same total steps, handles at the phase-1 rate): "
                   "the paper expects lower editability (prompt fidelity)"),
     "no_masked_loss": ({"masked_loss": False}, "plain diffusion loss: background leaks into the handles"),
@@ -50,28 +50,26 @@ class FidelitySettings:
 
 def variant_config(name: str, settings: FidelitySettings, train_seed: int):
     """The toy TrainConfig of one variant (see VARIANTS)."""
+    from bas_engine.config import TrainConfig
+
     from .extraction import toy_config
 
     if name not in VARIANTS:
         raise ValueError(f"variant {name!r} is not one of {list(VARIANTS)}")
     overrides = dict(VARIANTS[name][0])
-    joint = overrides.pop("joint", False)
-    config = toy_config(settings.phase1_steps, settings.phase2_steps, overrides.pop("mode", "lora"), train_seed)
-    if joint:
+    steps = {"phase1_steps": settings.phase1_steps, "phase2_steps": settings.phase2_steps}
+    if overrides.pop("joint", False):
         # Same step budget in one phase; the handles must learn there at the phase-1 rate.
-        config.phase1_steps = 0
-        config.phase2_steps = settings.phase1_steps + settings.phase2_steps
-        config.phase2_handle_lr = config.phase1_lr
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    return config
+        steps = {"phase1_steps": 0, "phase2_steps": settings.phase1_steps + settings.phase2_steps,
+                 "phase2_handle_lr": TrainConfig().phase1_lr}
+    return toy_config(seed=train_seed, **steps, **overrides)
 
 
 def run_one(job: tuple[str, int, int, dict]) -> dict:
     """Train, generate and score one (variant, scene, seed); runs in a worker process."""
     import torch
 
-    from .extraction import attention_ious, generate_cases, load_toy_model, prompt_cases, summary_scores, train_scene
+    from .extraction import extract_and_score, prompt_cases
     from .world import make_demo_scene
 
     variant, scene_seed, train_seed, raw = job
@@ -79,14 +77,11 @@ def run_one(job: tuple[str, int, int, dict]) -> dict:
     torch.set_num_threads(int(os.environ.get("BAS_FIDELITY_THREADS", "1")))
     t0 = time.time()
     demo = make_demo_scene(scene_seed)
-    components = load_toy_model(settings.model_dir)
-    config = variant_config(variant, settings, train_seed)
-    pack, history = train_scene(components, demo, config, preview_every=10)
     cases = prompt_cases(len(demo.concepts), demo.spec.background, contexts_per_concept=1)
-    results = generate_cases(components, pack, demo, cases, settings.image_seeds, settings.sample_steps,
-                             settings.guidance)
-    ious = attention_ious(history, demo)
-    scores = summary_scores(results, ious)
+    run = extract_and_score(demo, variant_config(variant, settings, train_seed), cases, settings.image_seeds,
+                            model_dir=settings.model_dir, sample_steps=settings.sample_steps,
+                            guidance=settings.guidance, preview_every=10)
+    results, ious, scores = run.results, run.ious, run.scores
     # Per-image verdicts too, so a new summary score can be computed from the records without rerunning.
     images = [{"kind": r.case.kind, "prompt": r.case.prompt, "seed": i.seed, "identities": list(i.identities),
                "leakage": i.leakage, "leakage_2of3": i.leakage_partial, "fidelity": i.fidelity}
