@@ -1,4 +1,4 @@
-"""BAS_HandleInjector: a MODEL/CLIP pair that knows a concept pack (LoRA or full deltas + handle embeddings).
+"""HandleInjector: a MODEL/CLIP pair that knows a concept pack (LoRA or full deltas + handle embeddings).
 
 Weights go through ComfyUI's own patching (``comfy.sd.load_lora_for_models`` for LoRA packs,
 ``ModelPatcher.add_patches`` for full-mode deltas), so ComfyUI applies them when it loads the model and undoes
@@ -184,7 +184,7 @@ class HandleInjector(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="BAS_HandleInjector",
+            node_id="HandleInjector",
             display_name="Handle Injector",
             category=CATEGORY,
             description="Applies a concept pack to a MODEL and CLIP: its LoRA (through ComfyUI's LoRA loading) or "

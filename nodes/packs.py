@@ -1,4 +1,4 @@
-"""BAS_ConceptPackLoader and BAS_ConceptPackExport: concept-pack files in models/break_a_scene."""
+"""ConceptPackLoader and ConceptPackExport: concept-pack files in models/break_a_scene."""
 from __future__ import annotations
 
 import os
@@ -34,7 +34,7 @@ class ConceptPackLoader(io.ComfyNode):
         import folder_paths
 
         return io.Schema(
-            node_id="BAS_ConceptPackLoader",
+            node_id="ConceptPackLoader",
             display_name="Load Concept Pack",
             category=CATEGORY,
             description="Loads a concept pack saved by the Break-A-Scene Trainer (models/break_a_scene).",
@@ -84,7 +84,7 @@ class ConceptPackExport(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="BAS_ConceptPackExport",
+            node_id="ConceptPackExport",
             display_name="Export Concept Pack",
             category=CATEGORY,
             description="Writes the pack as standard files: a kohya LoRA in the first 'loras' folder (LoRA packs) "

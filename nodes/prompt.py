@@ -1,4 +1,4 @@
-"""BAS_ConceptPromptEncoder: CLIPTextEncode that understands <asset0> / <concept name>."""
+"""ConceptPromptEncoder: CLIPTextEncode that understands <asset0> / <concept name>."""
 from __future__ import annotations
 
 import re
@@ -53,7 +53,7 @@ class ConceptPromptEncoder(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="BAS_ConceptPromptEncoder",
+            node_id="ConceptPromptEncoder",
             display_name="Concept Prompt Encoder",
             category=CATEGORY,
             description="Encodes a prompt that names the pack's concepts as <asset0>, <asset1>, ... or by their "

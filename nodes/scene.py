@@ -1,4 +1,4 @@
-"""BAS_MaskedConceptLoader: one image + one loose mask per concept -> a scene."""
+"""MaskedConceptLoader: one image + one loose mask per concept -> a scene."""
 from __future__ import annotations
 
 import torch
@@ -111,7 +111,7 @@ class MaskedConceptLoader(io.ComfyNode):
                                           "Masks of another size are resized to the image.")
                     for i in range(MAX_SEPARATE_MASKS)]
         return io.Schema(
-            node_id="BAS_MaskedConceptLoader",
+            node_id="MaskedConceptLoader",
             display_name="Masked Concept Loader",
             category=CATEGORY,
             description="One picture and one loose mask per concept: the scene Break-A-Scene learns from. Each mask "

@@ -1,4 +1,4 @@
-"""BAS_Trainer: ComfyUI MODEL/CLIP/VAE + scene -> trained concept pack (saved, or loaded from the cache).
+"""BreakASceneTrainer: ComfyUI MODEL/CLIP/VAE + scene -> trained concept pack (saved, or loaded from the cache).
 
 Translation only: the model is converted with ``bas_engine.ldm.components_from_ldm`` and trained by
 ``bas_engine.trainer.train``; this module maps ComfyUI's progress bar, previews, interrupt and memory
@@ -199,7 +199,7 @@ class Trainer(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="BAS_Trainer",
+            node_id="BreakASceneTrainer",
             display_name="Break-A-Scene Trainer",
             category=CATEGORY,
             description="Learns one handle per concept of the scene (phase 1: handles only; phase 2: handles + "

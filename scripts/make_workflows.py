@@ -33,11 +33,11 @@ SEED_NAMES = {"seed", "noise_seed"}          # INT widgets the frontend gives a 
 _MASKS = [(f"mask_{i}", "MASK", True) for i in range(8)]
 NODE_SPECS: dict[str, tuple[list[tuple[str, str, bool]], list[tuple[str, str]]]] = {
     # ---- Break-A-Scene (docs/NODES.md)
-    "BAS_MaskedConceptLoader": (
+    "MaskedConceptLoader": (
         [("image", "IMAGE", False), ("concept_names", "STRING", False), ("initializers", "STRING", False),
          ("masks", "MASK", True)] + _MASKS,
         [("scene", "BAS_SCENE"), ("preview", "IMAGE")]),
-    "BAS_Trainer": (
+    "BreakASceneTrainer": (
         [("model", "MODEL", False), ("clip", "CLIP", False), ("vae", "VAE", False), ("scene", "BAS_SCENE", False),
          ("pack_name", "STRING", False), ("phase1_steps", "INT", False), ("phase2_steps", "INT", False),
          ("phase1_lr", "FLOAT", False), ("phase2_lr", "FLOAT", False), ("mode", "COMBO", False),
@@ -46,15 +46,15 @@ NODE_SPECS: dict[str, tuple[list[tuple[str, str, bool]], list[tuple[str, str]]]]
          ("union_sampling", "BOOLEAN", False), ("resolution", "INT", False), ("seed", "INT", False),
          ("retrain", "BOOLEAN", False)],
         [("concepts", "BAS_CONCEPTS"), ("preview", "IMAGE")]),
-    "BAS_ConceptPackLoader": ([("pack_name", "COMBO", False)], [("concepts", "BAS_CONCEPTS")]),
-    "BAS_HandleInjector": (
+    "ConceptPackLoader": ([("pack_name", "COMBO", False)], [("concepts", "BAS_CONCEPTS")]),
+    "HandleInjector": (
         [("model", "MODEL", False), ("clip", "CLIP", False), ("concepts", "BAS_CONCEPTS", False),
          ("strength_model", "FLOAT", False), ("strength_clip", "FLOAT", False)],
         [("model", "MODEL"), ("clip", "CLIP")]),
-    "BAS_ConceptPromptEncoder": (
+    "ConceptPromptEncoder": (
         [("clip", "CLIP", False), ("concepts", "BAS_CONCEPTS", False), ("text", "STRING", False)],
         [("conditioning", "CONDITIONING")]),
-    "BAS_ConceptPackExport": (
+    "ConceptPackExport": (
         [("concepts", "BAS_CONCEPTS", False), ("name", "STRING", False)],
         [("lora_name", "STRING"), ("embedding_names", "STRING")]),
     # ---- ComfyUI core
@@ -99,8 +99,8 @@ UPLOAD_WIDGET = {"LoadImage", "LoadImageMask"}
 #: frontend-only nodes (no server class): dropped when converting to the API format
 VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 
-NODE_COLORS = {"CLIPTextEncode": ("#223", "#335"), "BAS_ConceptPromptEncoder": ("#232", "#353"),
-               "BAS_Trainer": ("#323", "#535"), "Note": ("#432", "#653")}
+NODE_COLORS = {"CLIPTextEncode": ("#223", "#335"), "ConceptPromptEncoder": ("#232", "#353"),
+               "BreakASceneTrainer": ("#323", "#535"), "Note": ("#432", "#653")}
 
 
 def widget_names(node_type: str) -> list[str]:
@@ -261,7 +261,7 @@ class Workflow:
             if node.type in UPLOAD_WIDGET:
                 values.append("image")
             height = self._height(node)
-            width = node.width or (380 if node.type in ("CLIPTextEncode", "BAS_ConceptPromptEncoder") else 340)
+            width = node.width or (380 if node.type in ("CLIPTextEncode", "ConceptPromptEncoder") else 340)
             entry = {"id": node.id, "type": node.type, "pos": place(node.col, height), "size": [width, height],
                      "flags": {}, "order": order[node.id], "mode": 0, "inputs": ui_inputs, "outputs": ui_outputs}
             if node.title:
@@ -313,7 +313,7 @@ Packs live in models/break_a_scene/ (one .safetensors per scene: handles + LoRA 
 def _generate_tail(wf: Workflow, model: Ref, clip: Ref, concepts: Ref, text: str, *, col: int,
                    prefix: str) -> None:
     """Handle prompt + negative + empty latent -> KSampler -> VAEDecode -> SaveImage (needs wf.vae)."""
-    pos = wf.add("BAS_ConceptPromptEncoder", title="Prompt with handles (positive)", col=col, clip=clip,
+    pos = wf.add("ConceptPromptEncoder", title="Prompt with handles (positive)", col=col, clip=clip,
                  concepts=concepts, text=text)
     neg = wf.add("CLIPTextEncode", title="Negative prompt", col=col, clip=clip, text=NEGATIVE)
     latent = wf.add("EmptyLatentImage", col=col, width=512, height=512, batch_size=1)
@@ -343,19 +343,19 @@ works. Train on a GPU: on a CPU the 800 steps at 512 px take hours.""" + COMMON_
     masks = [wf.add("LoadImageMask", title=f"Mask {i}: {name}", col=1, image=f"creature_mask{i}.png",
                     channel="red")
              for i, name in enumerate(["figurine", "bowl", "stone"])]
-    scene = wf.add("BAS_MaskedConceptLoader", title="Masked Concept Loader", col=2, image=image[0],
+    scene = wf.add("MaskedConceptLoader", title="Masked Concept Loader", col=2, image=image[0],
                    concept_names=NAMES, initializers=NAMES,
                    **{f"mask_{i}": m[0] for i, m in enumerate(masks)})
     wf.add("PreviewImage", title="Masks over the image", col=2, images=scene[1])
     ckpt = wf.add("CheckpointLoaderSimple", title="Base model (SD 2.1-base, as in the paper)", col=2,
                   ckpt_name=SD21)
     wf.vae = ckpt[2]
-    trainer = wf.add("BAS_Trainer", title="Break-A-Scene Trainer (paper settings)", col=3, model=ckpt[0],
+    trainer = wf.add("BreakASceneTrainer", title="Break-A-Scene Trainer (paper settings)", col=3, model=ckpt[0],
                      clip=ckpt[1], vae=ckpt[2], scene=scene[0], pack_name=PACK, **TRAINER_DEFAULTS)
     wf.add("PreviewImage", title="Training preview (attention maps)", col=3, images=trainer[1])
-    wf.add("BAS_ConceptPackExport", title="Export LoRA + embeddings (for stock nodes)", col=3,
+    wf.add("ConceptPackExport", title="Export LoRA + embeddings (for stock nodes)", col=3,
            concepts=trainer[0], name="")
-    inject = wf.add("BAS_HandleInjector", col=4, model=ckpt[0], clip=ckpt[1], concepts=trainer[0],
+    inject = wf.add("HandleInjector", col=4, model=ckpt[0], clip=ckpt[1], concepts=trainer[0],
                     strength_model=1.0, strength_clip=1.0)
     _generate_tail(wf, inject[0], inject[1], trainer[0],
                    "an oil painting of <bowl> next to <figurine>, on a wooden table", col=4,
@@ -374,8 +374,8 @@ checkpoint is refused with a clear error). Strengths below 1 in the Handle Injec
     ckpt = wf.add("CheckpointLoaderSimple", title="Base model (the one the pack was trained on)", col=0,
                   ckpt_name=SD21)
     wf.vae = ckpt[2]
-    pack = wf.add("BAS_ConceptPackLoader", title="Load Concept Pack", col=0, pack_name=f"{PACK}.safetensors")
-    inject = wf.add("BAS_HandleInjector", col=1, model=ckpt[0], clip=ckpt[1], concepts=pack[0],
+    pack = wf.add("ConceptPackLoader", title="Load Concept Pack", col=0, pack_name=f"{PACK}.safetensors")
+    inject = wf.add("HandleInjector", col=1, model=ckpt[0], clip=ckpt[1], concepts=pack[0],
                     strength_model=1.0, strength_clip=1.0)
     _generate_tail(wf, inject[0], inject[1], pack[0],
                    "a photo of <asset0> sitting inside <asset1> on a sunny beach", col=2,
@@ -394,15 +394,15 @@ run extract_and_generate with an SD1.5 checkpoint and pack_name "creature_sd15" 
 Lower the ControlNet strength (0.5-0.8) to give the concepts more room.""" + COMMON_NOTE, height=360)
     ckpt = wf.add("CheckpointLoaderSimple", title="Base model (SD1.5)", col=0, ckpt_name=SD15)
     wf.vae = ckpt[2]
-    pack = wf.add("BAS_ConceptPackLoader", title="Load Concept Pack (trained on SD1.5)", col=0,
+    pack = wf.add("ConceptPackLoader", title="Load Concept Pack (trained on SD1.5)", col=0,
                   pack_name=f"{PACK}_sd15.safetensors")
     reference = wf.add("LoadImage", title="Composition reference", col=1, image="control_reference.jpg")
     edges = wf.add("Canny", col=1, image=reference[0], low_threshold=0.4, high_threshold=0.8)
     wf.add("PreviewImage", title="Control image", col=1, images=edges[0])
     cnet = wf.add("ControlNetLoader", col=2, control_net_name=CANNY)
-    inject = wf.add("BAS_HandleInjector", col=2, model=ckpt[0], clip=ckpt[1], concepts=pack[0],
+    inject = wf.add("HandleInjector", col=2, model=ckpt[0], clip=ckpt[1], concepts=pack[0],
                     strength_model=1.0, strength_clip=1.0)
-    pos = wf.add("BAS_ConceptPromptEncoder", title="Prompt with handles (positive)", col=2, clip=inject[1],
+    pos = wf.add("ConceptPromptEncoder", title="Prompt with handles (positive)", col=2, clip=inject[1],
                  concepts=pack[0], text="a watercolor painting of <figurine> and <stone> in a forest")
     neg = wf.add("CLIPTextEncode", title="Negative prompt", col=2, clip=inject[1], text=NEGATIVE)
     apply = wf.add("ControlNetApplyAdvanced", col=3, positive=pos[0], negative=neg[0], control_net=cnet[0],
@@ -428,13 +428,13 @@ Raise denoise towards 1.0 for a bigger change, grow the mask for a softer seam."
     ckpt = wf.add("CheckpointLoaderSimple", title="Base model (the one the pack was trained on)", col=0,
                   ckpt_name=SD21)
     wf.vae = ckpt[2]
-    pack = wf.add("BAS_ConceptPackLoader", title="Load Concept Pack", col=0, pack_name=f"{PACK}.safetensors")
+    pack = wf.add("ConceptPackLoader", title="Load Concept Pack", col=0, pack_name=f"{PACK}.safetensors")
     target = wf.add("LoadImage", title="Picture to edit (paint the region in the mask editor)", col=1,
                     image="edit_target.png")
     grown = wf.add("GrowMask", col=1, mask=target[1], expand=8, tapered_corners=True)
-    inject = wf.add("BAS_HandleInjector", col=2, model=ckpt[0], clip=ckpt[1], concepts=pack[0],
+    inject = wf.add("HandleInjector", col=2, model=ckpt[0], clip=ckpt[1], concepts=pack[0],
                     strength_model=1.0, strength_clip=1.0)
-    pos = wf.add("BAS_ConceptPromptEncoder", title="What goes into the region (positive)", col=2, clip=inject[1],
+    pos = wf.add("ConceptPromptEncoder", title="What goes into the region (positive)", col=2, clip=inject[1],
                  concepts=pack[0], text="a photo of <stone>")
     neg = wf.add("CLIPTextEncode", title="Negative prompt", col=2, clip=inject[1], text=NEGATIVE)
     encoded = wf.add("VAEEncode", col=3, pixels=target[0], vae=ckpt[2])

@@ -3,14 +3,14 @@
 import { app } from "../../scripts/app.js";
 
 const NODE_IDS = new Set([
-  "BAS_MaskedConceptLoader",
-  "BAS_Trainer",
-  "BAS_ConceptPackLoader",
-  "BAS_HandleInjector",
-  "BAS_ConceptPromptEncoder",
-  "BAS_ConceptPackExport",
+  "MaskedConceptLoader",
+  "BreakASceneTrainer",
+  "ConceptPackLoader",
+  "HandleInjector",
+  "ConceptPromptEncoder",
+  "ConceptPackExport",
 ]);
-const SUMMARY_NODES = new Set(["BAS_MaskedConceptLoader", "BAS_Trainer", "BAS_ConceptPackExport"]);
+const SUMMARY_NODES = new Set(["MaskedConceptLoader", "BreakASceneTrainer", "ConceptPackExport"]);
 const COLOR = "#1f3b4d";
 const BGCOLOR = "#2c5068";
 const TEXT_COLOR = "#a9d3ea";
@@ -63,7 +63,7 @@ app.registerExtension({
     nodeType.prototype.onDrawForeground = function (ctx) {
       const result = onDrawForeground?.apply(this, arguments);
       if (this.flags?.collapsed) return result;
-      const text = this.basSummary ?? (nodeData.name === "BAS_MaskedConceptLoader" ? liveSummary(this) : null);
+      const text = this.basSummary ?? (nodeData.name === "MaskedConceptLoader" ? liveSummary(this) : null);
       if (!text) return result;
       ctx.save();
       ctx.font = "11px sans-serif";

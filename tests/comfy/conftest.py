@@ -23,8 +23,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 
-NODE_IDS = ["BAS_MaskedConceptLoader", "BAS_Trainer", "BAS_ConceptPackLoader", "BAS_HandleInjector",
-            "BAS_ConceptPromptEncoder", "BAS_ConceptPackExport"]
+NODE_IDS = ["MaskedConceptLoader", "BreakASceneTrainer", "ConceptPackLoader", "HandleInjector",
+            "ConceptPromptEncoder", "ConceptPackExport"]
 
 
 def _skip_reason() -> str | None:
@@ -104,7 +104,7 @@ def bas(comfy_dirs):
         "ComfyUI's nodes.py must be imported, not this repository's nodes/ package"
     assert asyncio.run(comfy_nodes.load_custom_node(REPO)), "ComfyUI could not load the node pack"
     classes = {node_id: comfy_nodes.NODE_CLASS_MAPPINGS[node_id] for node_id in NODE_IDS}
-    package = classes["BAS_Trainer"].__module__.rsplit(".nodes.", 1)[0]
+    package = classes["BreakASceneTrainer"].__module__.rsplit(".nodes.", 1)[0]
     # Only the constant-only modules may load with the pack; anything that pulls in diffusers must wait.
     light = {f"{package}.bas_engine", f"{package}.bas_engine.families"}
     engine_loaded = sorted(m for m in sys.modules if m.startswith(package + ".bas_engine") and m not in light)

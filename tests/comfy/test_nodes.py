@@ -22,24 +22,24 @@ pytest.importorskip("comfy.model_management", reason="ComfyUI does not import he
 import torch  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-NODE_IDS = ["BAS_MaskedConceptLoader", "BAS_Trainer", "BAS_ConceptPackLoader", "BAS_HandleInjector",
-            "BAS_ConceptPromptEncoder", "BAS_ConceptPackExport"]
+NODE_IDS = ["MaskedConceptLoader", "BreakASceneTrainer", "ConceptPackLoader", "HandleInjector",
+            "ConceptPromptEncoder", "ConceptPackExport"]
 
 # The node spec (docs/NODES.md): node id -> input names in widget order.
 SPEC_INPUTS = {
-    "BAS_MaskedConceptLoader": ["image", "concept_names", "initializers", "masks"] + [f"mask_{i}" for i in range(8)],
-    "BAS_Trainer": ["model", "clip", "vae", "scene", "pack_name", "phase1_steps", "phase2_steps", "phase1_lr",
+    "MaskedConceptLoader": ["image", "concept_names", "initializers", "masks"] + [f"mask_{i}" for i in range(8)],
+    "BreakASceneTrainer": ["model", "clip", "vae", "scene", "pack_name", "phase1_steps", "phase2_steps", "phase1_lr",
                     "phase2_lr", "mode", "lora_rank", "train_text_encoder", "attention_loss_weight", "masked_loss",
                     "union_sampling", "resolution", "seed", "retrain"],
-    "BAS_ConceptPackLoader": ["pack_name"],
-    "BAS_HandleInjector": ["model", "clip", "concepts", "strength_model", "strength_clip"],
-    "BAS_ConceptPromptEncoder": ["clip", "concepts", "text"],
-    "BAS_ConceptPackExport": ["concepts", "name"],
+    "ConceptPackLoader": ["pack_name"],
+    "HandleInjector": ["model", "clip", "concepts", "strength_model", "strength_clip"],
+    "ConceptPromptEncoder": ["clip", "concepts", "text"],
+    "ConceptPackExport": ["concepts", "name"],
 }
 SPEC_OUTPUTS = {
-    "BAS_MaskedConceptLoader": ["BAS_SCENE", "IMAGE"], "BAS_Trainer": ["BAS_CONCEPTS", "IMAGE"],
-    "BAS_ConceptPackLoader": ["BAS_CONCEPTS"], "BAS_HandleInjector": ["MODEL", "CLIP"],
-    "BAS_ConceptPromptEncoder": ["CONDITIONING"], "BAS_ConceptPackExport": ["STRING", "STRING"],
+    "MaskedConceptLoader": ["BAS_SCENE", "IMAGE"], "BreakASceneTrainer": ["BAS_CONCEPTS", "IMAGE"],
+    "ConceptPackLoader": ["BAS_CONCEPTS"], "HandleInjector": ["MODEL", "CLIP"],
+    "ConceptPromptEncoder": ["CONDITIONING"], "ConceptPackExport": ["STRING", "STRING"],
 }
 
 
@@ -50,8 +50,31 @@ def test_comfy_loader_registers_all_nodes(bas):
     assert all(node_id in mapping for node_id in NODE_IDS)
     assert os.path.samefile(bas.comfy_nodes.EXTENSION_WEB_DIRS[os.path.basename(REPO)], os.path.join(REPO, "web"))
     names = bas.comfy_nodes.NODE_DISPLAY_NAME_MAPPINGS
-    assert names["BAS_Trainer"] == "Break-A-Scene Trainer"
-    assert names["BAS_MaskedConceptLoader"] == "Masked Concept Loader"
+    assert names["BreakASceneTrainer"] == "Break-A-Scene Trainer"
+    assert names["MaskedConceptLoader"] == "Masked Concept Loader"
+
+
+#: Frozen: a node id is what saved workflows refer to, so once released it never changes (display names may).
+FROZEN_NODE_IDS = {
+    "MaskedConceptLoader": "Masked Concept Loader",
+    "BreakASceneTrainer": "Break-A-Scene Trainer",
+    "ConceptPackLoader": "Load Concept Pack",
+    "HandleInjector": "Handle Injector",
+    "ConceptPromptEncoder": "Concept Prompt Encoder",
+    "ConceptPackExport": "Export Concept Pack",
+}
+
+
+def test_node_ids_are_frozen(bas):
+    """Every node the pack registers has one of the frozen ids, and every frozen id is registered."""
+    import sys
+
+    node_list = sys.modules[f"{bas.package}.nodes"].NODE_LIST
+    registered = {cls.GET_SCHEMA().node_id: cls.GET_SCHEMA().display_name for cls in node_list}
+    assert set(registered) == set(FROZEN_NODE_IDS), "a node id changed: saved workflows would no longer load"
+    assert registered == FROZEN_NODE_IDS
+    for node_id in FROZEN_NODE_IDS:
+        assert bas.comfy_nodes.NODE_CLASS_MAPPINGS[node_id] is bas.classes[node_id]
 
 
 def test_package_import_is_light(bas):
@@ -77,11 +100,11 @@ def test_schema_matches_spec(bas, node_id):
     assert [str(o.io_type) for o in schema.outputs] == SPEC_OUTPUTS[node_id]
     info = cls.GET_NODE_INFO_V1()          # what /object_info serves
     assert info["category"] == "Break-A-Scene"
-    assert schema.is_output_node == (node_id == "BAS_ConceptPackExport")
+    assert schema.is_output_node == (node_id == "ConceptPackExport")
 
 
 def test_trainer_defaults_match_spec(bas):
-    inputs = {i.id: i for i in bas.classes["BAS_Trainer"].GET_SCHEMA().inputs}
+    inputs = {i.id: i for i in bas.classes["BreakASceneTrainer"].GET_SCHEMA().inputs}
     expected = dict(pack_name="scene", phase1_steps=400, phase2_steps=400, phase1_lr=5e-4, phase2_lr=0.0, mode="lora",
                     lora_rank=16, train_text_encoder=False, attention_loss_weight=0.01, masked_loss=True,
                     union_sampling=True, resolution=512, seed=0, retrain=False)
@@ -163,7 +186,7 @@ def test_scene_from_batch(bas, run_node):
     masks = torch.stack([_box(64, 64, 0, 32), _box(64, 64, 32, 64)])
     with torch.inference_mode():
         image, masks = _image().clone(), masks.clone()     # ComfyUI hands inference tensors to nodes
-    out = run_node(bas.classes["BAS_MaskedConceptLoader"], image=image, concept_names="cat, bowl",
+    out = run_node(bas.classes["MaskedConceptLoader"], image=image, concept_names="cat, bowl",
                    initializers="", masks=masks)
     scene, preview = out.args
     assert scene.names == ["cat", "bowl"] and scene.initializers == [None, None]
@@ -178,7 +201,7 @@ def test_scene_from_separate_masks_resized(bas, run_node):
     """Batch first, then mask_0..mask_7 in order; masks of another size are resized to the image."""
     batch = _box(64, 96, 0, 30)[None]
     small = _box(32, 48, 16, 32)                   # half size
-    out = run_node(bas.classes["BAS_MaskedConceptLoader"], image=_image(64, 96), concept_names="",
+    out = run_node(bas.classes["MaskedConceptLoader"], image=_image(64, 96), concept_names="",
                    initializers="cat,,stone", masks=batch, mask_2=small[None], mask_0=_box(64, 96, 60, 90)[None])
     scene = out.args[0]
     assert scene.names == ["asset0", "asset1", "asset2"]
@@ -202,7 +225,7 @@ def test_scene_from_separate_masks_resized(bas, run_node):
 def test_scene_errors(bas, case, inputs, pattern, run_node):
     inputs = {"image": _image(), "concept_names": "", "initializers": "", **inputs}
     with pytest.raises(ValueError, match=pattern):
-        run_node(bas.classes["BAS_MaskedConceptLoader"], **inputs)
+        run_node(bas.classes["MaskedConceptLoader"], **inputs)
 
 
 # -- errors that need no model -----------------------------------------------------------------------------------
@@ -215,7 +238,7 @@ def _fake_model(config_name: str):
 @pytest.mark.parametrize("family", ["SDXL", "SD3", "Flux", "SD21UnclipL", "SD15_instructpix2pix"])
 def test_trainer_names_unsupported_family(bas, family, run_node):
     with pytest.raises(ValueError, match=rf"^model: this is a {family} model; .*SD1\.x \(SD15\) and SD2\.x"):
-        run_node(bas.classes["BAS_Trainer"], model=_fake_model(family), clip=None, vae=None, scene=None,
+        run_node(bas.classes["BreakASceneTrainer"], model=_fake_model(family), clip=None, vae=None, scene=None,
                  pack_name="x", phase1_steps=1, phase2_steps=1)
 
 
@@ -224,7 +247,7 @@ def test_loader_corrupt_and_foreign_files(bas, comfy_dirs, run_node):
 
     (comfy_dirs.break_a_scene / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     save_file({"lora_unet_x.lora_down.weight": torch.zeros(1, 1)}, str(comfy_dirs.break_a_scene / "a_lora.safetensors"))
-    loader = bas.classes["BAS_ConceptPackLoader"]
+    loader = bas.classes["ConceptPackLoader"]
     try:
         with pytest.raises(ValueError, match=r"^pack_name: concept pack .*corrupt\.safetensors.* truncated or not a "
                                              r"safetensors file"):

@@ -86,7 +86,7 @@ def _scene_inputs(names="cat, bowl"):
 
 @pytest.fixture(scope="module")
 def scene(bas, run_node, sd15):
-    return run_node(bas.classes["BAS_MaskedConceptLoader"], **_scene_inputs()).args[0]
+    return run_node(bas.classes["MaskedConceptLoader"], **_scene_inputs()).args[0]
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def trained(bas, run_node, sd15, scene, comfy_dirs):
     h = Hook()
     comfy.utils.set_progress_bar_global_hook(h)
     try:
-        out = run_node(bas.classes["BAS_Trainer"], unique_id="7", model=sd15.model, clip=sd15.clip, vae=sd15.vae,
+        out = run_node(bas.classes["BreakASceneTrainer"], unique_id="7", model=sd15.model, clip=sd15.clip, vae=sd15.vae,
                        scene=scene, **TRAIN)
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
@@ -109,7 +109,7 @@ def _pack_files(comfy_dirs):
 # -- training, cache, cancel ---------------------------------------------------------------------------------------
 
 def test_trainer_trains_and_saves(bas, trained, sd15, comfy_dirs):
-    from bas_engine.models import model_fingerprint
+    from bas_engine.components import model_fingerprint
     from bas_engine.pack import load_pack
 
     concepts, preview = trained.out.args
@@ -134,7 +134,7 @@ def test_trainer_trains_and_saves(bas, trained, sd15, comfy_dirs):
 
 def test_trainer_loads_from_cache(bas, run_node, trained, sd15, scene, hook):
     mtime = trained.path.stat().st_mtime_ns
-    out = run_node(bas.classes["BAS_Trainer"], model=sd15.model, clip=sd15.clip, vae=sd15.vae, scene=scene, **TRAIN)
+    out = run_node(bas.classes["BreakASceneTrainer"], model=sd15.model, clip=sd15.clip, vae=sd15.vae, scene=scene, **TRAIN)
     assert hook.calls == [], "a cache hit must not train"
     assert out.ui["bas_summary"][0].startswith("loaded scene.safetensors")
     assert trained.path.stat().st_mtime_ns == mtime
@@ -143,11 +143,11 @@ def test_trainer_loads_from_cache(bas, run_node, trained, sd15, scene, hook):
 
 def test_trainer_refuses_to_overwrite_other_pack(bas, run_node, trained, sd15, scene, hook):
     mtime = trained.path.stat().st_mtime_ns
-    trainer = bas.classes["BAS_Trainer"]
+    trainer = bas.classes["BreakASceneTrainer"]
     with pytest.raises(ValueError, match=r"^pack_name: .*scene\.safetensors already exists and was trained with "
                                          r"other settings \(seed\)\. .*retrain"):
         run_node(trainer, model=sd15.model, clip=sd15.clip, vae=sd15.vae, scene=scene, **{**TRAIN, "seed": 1})
-    other_scene = run_node(bas.classes["BAS_MaskedConceptLoader"], **_scene_inputs("dog, bowl")).args[0]
+    other_scene = run_node(bas.classes["MaskedConceptLoader"], **_scene_inputs("dog, bowl")).args[0]
     with pytest.raises(ValueError, match=r"another scene"):
         run_node(trainer, model=sd15.model, clip=sd15.clip, vae=sd15.vae, scene=other_scene, **TRAIN)
     assert hook.calls == [] and trained.path.stat().st_mtime_ns == mtime
@@ -172,7 +172,7 @@ def test_trainer_cancel_releases_everything(bas, run_node, trained, sd15, scene,
     hook.interrupt_at = 1
     hook.raise_interrupt = how == "hook_raises"
     with pytest.raises(mm.InterruptProcessingException) as caught:
-        run_node(bas.classes["BAS_Trainer"], model=sd15.model, clip=sd15.clip, vae=sd15.vae, scene=scene,
+        run_node(bas.classes["BreakASceneTrainer"], model=sd15.model, clip=sd15.clip, vae=sd15.vae, scene=scene,
                  **{**TRAIN, "pack_name": "cancelled"})
     assert [c.value for c in hook.calls if c.preview is None] == [1], "training stops at the next step"
     assert not mm.processing_interrupted()
@@ -189,7 +189,7 @@ def test_trainer_refuses_corrupt_existing_file(bas, run_node, sd15, scene, hook,
     try:
         with pytest.raises(ValueError, match=r"^pack_name: .*broken\.safetensors exists but is not a usable concept "
                                              r"pack .*retrain"):
-            run_node(bas.classes["BAS_Trainer"], model=sd15.model, clip=sd15.clip, vae=sd15.vae, scene=scene,
+            run_node(bas.classes["BreakASceneTrainer"], model=sd15.model, clip=sd15.clip, vae=sd15.vae, scene=scene,
                      **{**TRAIN, "pack_name": "broken"})
         assert hook.calls == [] and target.read_bytes() == b"not a pack"
     finally:
@@ -200,7 +200,7 @@ def test_trainer_retrain_overwrites(bas, run_node, trained, sd15, scene, hook):
     from bas_engine.pack import load_pack
 
     mtime = trained.path.stat().st_mtime_ns
-    out = run_node(bas.classes["BAS_Trainer"], model=sd15.model, clip=sd15.clip, vae=sd15.vae, scene=scene,
+    out = run_node(bas.classes["BreakASceneTrainer"], model=sd15.model, clip=sd15.clip, vae=sd15.vae, scene=scene,
                    **{**TRAIN, "seed": 1, "retrain": True})
     assert [c.value for c in hook.calls if c.preview is None] == [1, 2, 3, 4]
     assert trained.path.stat().st_mtime_ns != mtime
@@ -324,13 +324,13 @@ def _cond(conditioning):
 @pytest.mark.parametrize("mode", ["lora", "full"])
 def test_injector_and_encoder_match_engine(bas, run_node, sd15, synthetic, mode):
     pack, components = synthetic.engine(mode)
-    concepts = run_node(bas.classes["BAS_ConceptPackLoader"], pack_name=f"{mode}_syn.safetensors").args[0]
+    concepts = run_node(bas.classes["ConceptPackLoader"], pack_name=f"{mode}_syn.safetensors").args[0]
     assert concepts.name == f"{mode}_syn" and concepts.pack.mode == mode
-    model, clip = run_node(bas.classes["BAS_HandleInjector"], model=sd15.model, clip=sd15.clip, concepts=concepts,
+    model, clip = run_node(bas.classes["HandleInjector"], model=sd15.model, clip=sd15.clip, concepts=concepts,
                            strength_model=1.0, strength_clip=1.0).args
     assert model is not sd15.model and clip is not sd15.clip
     assert clip.tokenizer is not sd15.clip.tokenizer and not sd15.model.patches and not sd15.clip.patcher.patches
-    cond = _cond(run_node(bas.classes["BAS_ConceptPromptEncoder"], clip=clip, concepts=concepts,
+    cond = _cond(run_node(bas.classes["ConceptPromptEncoder"], clip=clip, concepts=concepts,
                           text=PROMPT).args[0])
     engine_prompt = pack.rewrite_prompt(PROMPT)
     torch.testing.assert_close(cond, _engine_text(components, engine_prompt), rtol=TE_TOL, atol=TE_TOL)
@@ -339,7 +339,7 @@ def test_injector_and_encoder_match_engine(bas, run_node, sd15, synthetic, mode)
     torch.testing.assert_close(patched, _engine_unet(components), rtol=UNET_TOL, atol=UNET_TOL)
     assert (patched - base).abs().max() > 20 * UNET_TOL, "the pack must visibly change the UNet"
     # the text-encoder weights matter too: the plain CLIP with the handles only gives another conditioning
-    plain = _cond(run_node(bas.classes["BAS_ConceptPromptEncoder"], clip=sd15.clip, concepts=concepts,
+    plain = _cond(run_node(bas.classes["ConceptPromptEncoder"], clip=sd15.clip, concepts=concepts,
                            text=PROMPT).args[0])
     assert (plain - cond).abs().max() > 10 * TE_TOL
 
@@ -347,8 +347,8 @@ def test_injector_and_encoder_match_engine(bas, run_node, sd15, synthetic, mode)
 def test_injector_accepts_engine_key_maps(bas, run_node, sd15, synthetic):
     """Every LoRA module / delta of the pack became a ComfyUI patch (nothing dropped silently)."""
     for mode, pack in synthetic.packs.items():
-        concepts = run_node(bas.classes["BAS_ConceptPackLoader"], pack_name=f"{mode}_syn.safetensors").args[0]
-        model, clip = run_node(bas.classes["BAS_HandleInjector"], model=sd15.model, clip=sd15.clip,
+        concepts = run_node(bas.classes["ConceptPackLoader"], pack_name=f"{mode}_syn.safetensors").args[0]
+        model, clip = run_node(bas.classes["HandleInjector"], model=sd15.model, clip=sd15.clip,
                                concepts=concepts, strength_model=1.0, strength_clip=1.0).args
         if mode == "lora":
             expected = len({k.rsplit(".", 1)[0] for k in pack.lora})
@@ -362,8 +362,8 @@ def test_exports_match_stock_nodes(bas, run_node, sd15, synthetic, comfy_dirs, c
     """Export -> stock LoraLoader + CLIPTextEncode with embedding:<stem> gives what the pack's nodes give."""
     import nodes as comfy_nodes
 
-    concepts = run_node(bas.classes["BAS_ConceptPackLoader"], pack_name=f"{mode}_syn.safetensors").args[0]
-    export = bas.classes["BAS_ConceptPackExport"]
+    concepts = run_node(bas.classes["ConceptPackLoader"], pack_name=f"{mode}_syn.safetensors").args[0]
+    export = bas.classes["ConceptPackExport"]
     out = run_node(export, concepts=concepts, name=f"x{mode}")
     lora_name, embedding_names = out.args
     assert embedding_names == f"embedding:x{mode}_cat, embedding:x{mode}_bowl"
@@ -378,7 +378,7 @@ def test_exports_match_stock_nodes(bas, run_node, sd15, synthetic, comfy_dirs, c
         with torch.inference_mode():
             model, clip = comfy_nodes.LoraLoader().load_lora(sd15.model, sd15.clip, lora_name, 1.0, 1.0)
         assert not [r for r in caplog.records if "not loaded" in r.getMessage().lower()]
-        ours_model, ours_clip = run_node(bas.classes["BAS_HandleInjector"], model=sd15.model, clip=sd15.clip,
+        ours_model, ours_clip = run_node(bas.classes["HandleInjector"], model=sd15.model, clip=sd15.clip,
                                          concepts=concepts, strength_model=1.0, strength_clip=1.0).args
         torch.testing.assert_close(_comfy_unet(model), _comfy_unet(ours_model), rtol=1e-5, atol=1e-5)
     else:
@@ -386,7 +386,7 @@ def test_exports_match_stock_nodes(bas, run_node, sd15, synthetic, comfy_dirs, c
         clip, ours_clip = sd15.clip, sd15.clip          # the handles alone, on the plain CLIP
     with torch.inference_mode():
         stock = _cond(comfy_nodes.CLIPTextEncode().encode(clip, stock_text)[0])
-    ours = _cond(run_node(bas.classes["BAS_ConceptPromptEncoder"], clip=ours_clip, concepts=concepts,
+    ours = _cond(run_node(bas.classes["ConceptPromptEncoder"], clip=ours_clip, concepts=concepts,
                           text=PROMPT).args[0])
     torch.testing.assert_close(ours, stock, rtol=1e-5, atol=1e-5)
 
@@ -396,7 +396,7 @@ def test_export_refuses_other_file(bas, run_node, trained, comfy_dirs):
     target = comfy_dirs.embeddings / "taken_cat.safetensors"
     target.write_bytes(b"something else")
     with pytest.raises(ValueError, match=r"^name: .*taken_cat\.safetensors already exists and holds other weights"):
-        run_node(bas.classes["BAS_ConceptPackExport"], concepts=concepts, name="taken")
+        run_node(bas.classes["ConceptPackExport"], concepts=concepts, name="taken")
     assert not (comfy_dirs.loras / "taken.safetensors").exists(), "nothing is written when one file conflicts"
     assert target.read_bytes() == b"something else"
 
@@ -405,9 +405,9 @@ def test_weighted_handle(bas, run_node, sd15, synthetic):
     """(<asset0>:1.2) is weighted like any ComfyUI word: equal to (embedding:<stem>:1.2), unlike <asset0>."""
     import nodes as comfy_nodes
 
-    concepts = run_node(bas.classes["BAS_ConceptPackLoader"], pack_name="lora_syn.safetensors").args[0]
-    run_node(bas.classes["BAS_ConceptPackExport"], concepts=concepts, name="xlora")
-    encoder = bas.classes["BAS_ConceptPromptEncoder"]
+    concepts = run_node(bas.classes["ConceptPackLoader"], pack_name="lora_syn.safetensors").args[0]
+    run_node(bas.classes["ConceptPackExport"], concepts=concepts, name="xlora")
+    encoder = bas.classes["ConceptPromptEncoder"]
     weighted = _cond(run_node(encoder, clip=sd15.clip, concepts=concepts, text="a photo of (<asset0>:1.2)").args[0])
     plain = _cond(run_node(encoder, clip=sd15.clip, concepts=concepts, text="a photo of <asset0>").args[0])
     with torch.inference_mode():
@@ -419,7 +419,7 @@ def test_weighted_handle(bas, run_node, sd15, synthetic):
 def test_unknown_handle_lists_known(bas, run_node, sd15, trained):
     with pytest.raises(ValueError, match=r"^text: unknown handle '<dog>'; this pack knows <asset0> \(cat\), "
                                          r"<asset1> \(bowl\)"):
-        run_node(bas.classes["BAS_ConceptPromptEncoder"], clip=sd15.clip, concepts=trained.out.args[0],
+        run_node(bas.classes["ConceptPromptEncoder"], clip=sd15.clip, concepts=trained.out.args[0],
                  text="a <dog> and <cat>")
 
 
@@ -470,10 +470,10 @@ def test_sd2_v_lora_pack_matches_engine(bas, run_node, sd2, comfy_dirs):
     with torch.no_grad():
         apply_pack(components, pack)
 
-    concepts = run_node(bas.classes["BAS_ConceptPackLoader"], pack_name="sd2_syn.safetensors").args[0]
-    model, clip = run_node(bas.classes["BAS_HandleInjector"], model=sd2.model, clip=sd2.clip, concepts=concepts,
+    concepts = run_node(bas.classes["ConceptPackLoader"], pack_name="sd2_syn.safetensors").args[0]
+    model, clip = run_node(bas.classes["HandleInjector"], model=sd2.model, clip=sd2.clip, concepts=concepts,
                            strength_model=1.0, strength_clip=1.0).args
-    cond = _cond(run_node(bas.classes["BAS_ConceptPromptEncoder"], clip=clip, concepts=concepts,
+    cond = _cond(run_node(bas.classes["ConceptPromptEncoder"], clip=clip, concepts=concepts,
                           text=PROMPT).args[0])
     torch.testing.assert_close(cond, _engine_text(components, pack.rewrite_prompt(PROMPT)), rtol=TE_TOL, atol=TE_TOL)
     x, t, _ = _unet_inputs()
@@ -497,10 +497,10 @@ def test_sd1_pack_on_sd2_model(bas, run_node, sd2, trained, sd15, scene):
     concepts = trained.out.args[0]
     with pytest.raises(ValueError, match=r"^concepts: concept pack was trained on an SD1.x model, but the model given "
                                          r"is SD2.x$"):
-        run_node(bas.classes["BAS_HandleInjector"], model=sd2.model, clip=sd2.clip, concepts=concepts,
+        run_node(bas.classes["HandleInjector"], model=sd2.model, clip=sd2.clip, concepts=concepts,
                  strength_model=1.0, strength_clip=1.0)
     with pytest.raises(ValueError, match=r"^concepts: the pack was trained on an SD1.x model .*this CLIP has clip_h"):
-        run_node(bas.classes["BAS_ConceptPromptEncoder"], clip=sd2.clip, concepts=concepts, text="<asset0>")
+        run_node(bas.classes["ConceptPromptEncoder"], clip=sd2.clip, concepts=concepts, text="<asset0>")
     with pytest.raises(ValueError, match=r"^clip: this CLIP has a clip_h text encoder, but the SD1\.x model needs "
                                          r"clip_l"):
-        run_node(bas.classes["BAS_Trainer"], model=sd15.model, clip=sd2.clip, vae=sd15.vae, scene=scene, **TRAIN)
+        run_node(bas.classes["BreakASceneTrainer"], model=sd15.model, clip=sd2.clip, vae=sd15.vae, scene=scene, **TRAIN)

@@ -41,8 +41,8 @@ sys.path.insert(0, os.path.join(h.REPO, "scripts"))
 import make_workflows  # noqa: E402
 
 WORKFLOWS = sorted(make_workflows.WORKFLOWS)
-BAS_NODES = ["BAS_MaskedConceptLoader", "BAS_Trainer", "BAS_ConceptPackLoader", "BAS_HandleInjector",
-             "BAS_ConceptPromptEncoder", "BAS_ConceptPackExport"]
+BAS_NODES = ["MaskedConceptLoader", "BreakASceneTrainer", "ConceptPackLoader", "HandleInjector",
+             "ConceptPromptEncoder", "ConceptPackExport"]
 SD15 = "bas_fixture_sd15.safetensors"
 SD20V = "bas_fixture_sd20v.safetensors"
 CONTROLNET = "bas_fixture_controlnet_sd15.safetensors"
@@ -93,8 +93,8 @@ def tiny(name_or_api, *, ckpt: str = SD15, pack: str = PACK, seed: int = 0) -> d
     api = name_or_api if isinstance(name_or_api, dict) else h.ui_to_api(h.load_workflow(name_or_api), OBJECT_INFO)
     h.patch_inputs(api, "CheckpointLoaderSimple", ckpt_name=ckpt)
     h.patch_inputs(api, "ControlNetLoader", control_net_name=CONTROLNET)
-    h.patch_inputs(api, "BAS_Trainer", **TINY_TRAIN)
-    h.patch_inputs(api, "BAS_ConceptPackLoader", pack_name=f"{pack}.safetensors")
+    h.patch_inputs(api, "BreakASceneTrainer", **TINY_TRAIN)
+    h.patch_inputs(api, "ConceptPackLoader", pack_name=f"{pack}.safetensors")
     h.patch_inputs(api, "EmptyLatentImage", width=64, height=64, batch_size=1)
     h.patch_inputs(api, "KSampler", steps=2, seed=seed)
     return api
@@ -122,7 +122,7 @@ def trained(server, object_info):
     t0 = time.time()
     result, events, binaries = server.run_ws(api, timeout=1200)
     files = assert_success(server, result, "extract_and_generate")
-    trainer_id = next(k for k, n in api.items() if n["class_type"] == "BAS_Trainer")
+    trainer_id = next(k for k, n in api.items() if n["class_type"] == "BreakASceneTrainer")
     progress = [e["data"] for e in events if e["type"] == "progress" and e["data"].get("node") == trainer_id]
     return dict(api=api, result=result, files=files, progress=progress, binaries=binaries,
                 seconds=time.time() - t0, trainer_id=trainer_id)
@@ -179,7 +179,7 @@ def test_example_workflow_converts_and_validates(object_info, name):
     for sampler in h.nodes_of(api, "KSampler"):
         assert sampler["inputs"]["seed"] == 42 and sampler["inputs"]["steps"] == 30
         assert sampler["inputs"]["sampler_name"] == "dpmpp_2m" and sampler["inputs"]["scheduler"] == "karras"
-    for trainer in h.nodes_of(api, "BAS_Trainer"):
+    for trainer in h.nodes_of(api, "BreakASceneTrainer"):
         expected = dict(make_workflows.TRAINER_DEFAULTS, pack_name=PACK)
         assert {k: trainer["inputs"][k] for k in expected} == expected
     for mask in h.nodes_of(api, "LoadImageMask"):
@@ -285,8 +285,8 @@ def test_interrupt_mid_training(server, trained):
     wait_for_gc(server)
     rss_before = server.rss()
     api = tiny("extract_and_generate")
-    h.patch_inputs(api, "BAS_Trainer", pack_name="interrupted", phase1_steps=300, phase2_steps=300)
-    trainer_id = next(k for k, n in api.items() if n["class_type"] == "BAS_Trainer")
+    h.patch_inputs(api, "BreakASceneTrainer", pack_name="interrupted", phase1_steps=300, phase2_steps=300)
+    trainer_id = next(k for k, n in api.items() if n["class_type"] == "BreakASceneTrainer")
     state = {"interrupted_at": None, "peak": rss_before}
 
     def on_event(kind, data):
@@ -321,7 +321,7 @@ def test_interrupt_mid_training(server, trained):
 def scene_only(object_info, **loader_inputs) -> dict:
     """LoadImage + LoadImageMask x3 -> Masked Concept Loader -> PreviewImage (the loader's preview)."""
     api = h.ui_to_api(h.load_workflow("extract_and_generate"), object_info)
-    loader_id = next(k for k, n in api.items() if n["class_type"] == "BAS_MaskedConceptLoader")
+    loader_id = next(k for k, n in api.items() if n["class_type"] == "MaskedConceptLoader")
     keep = {loader_id} | {v[0] for v in api[loader_id]["inputs"].values() if isinstance(v, list)}
     out = {k: v for k, v in api.items() if k in keep}
     out["900"] = {"class_type": "PreviewImage", "inputs": {"images": [loader_id, 1]}}
@@ -358,7 +358,7 @@ def test_error_empty_mask(server, object_info):
 
 def test_error_unknown_handle(server, trained):
     api = tiny("reuse_saved_pack")
-    h.patch_inputs(api, "BAS_ConceptPromptEncoder", text="a photo of <dragon> next to <asset0>")
+    h.patch_inputs(api, "ConceptPromptEncoder", text="a photo of <dragon> next to <asset0>")
     expect_error(server, api, "<dragon>", "<asset0>", what="unknown handle")
 
 
