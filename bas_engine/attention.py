@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 ATTENTION_DOWNSCALE = 4
 
 
-def cross_attention_layers(unet: UNet2DConditionModel, downscale: int = ATTENTION_DOWNSCALE) -> dict[str, int]:
-    """Processor names of the down/up-block cross-attention layers at `downscale`, with their downscale.
+def cross_attention_layers(unet: UNet2DConditionModel, downscale: int = ATTENTION_DOWNSCALE,
+                           blocks: tuple[str, ...] = ("down", "up")) -> dict[str, int]:
+    """Processor names of the cross-attention layers at `downscale` in the given UNet blocks ("down", "up",
+    "mid": the family table says which), with their downscale.
 
     When the UNet has no cross-attention at that level (small or truncated models), the nearest level
     that has one is used and a warning says so.
@@ -33,14 +35,18 @@ def cross_attention_layers(unet: UNet2DConditionModel, downscale: int = ATTENTIO
     for name in unet.attn_processors:
         if ".attn2." not in name:
             continue
-        match = re.match(r"(down|up)_blocks\.(\d+)\.", name)
-        if not match:  # the mid block is not part of the paper's selection
+        match = re.match(r"(down|up)_blocks\.(\d+)\.|(mid)_block\.", name)
+        kind = match and (match.group(1) or match.group(3))
+        if kind not in blocks:
             continue
-        index = int(match.group(2))
-        level = index if match.group(1) == "down" else n_up - 1 - index
+        if kind == "mid":
+            level = n_down - 1
+        else:
+            index = int(match.group(2))
+            level = index if kind == "down" else n_up - 1 - index
         found[name] = 2 ** min(level, n_down - 1)
     if not found:
-        raise ValueError("the UNet has no cross-attention layers in its down or up blocks")
+        raise ValueError(f"the UNet has no cross-attention layers in its {' or '.join(blocks)} blocks")
     chosen = min(set(found.values()), key=lambda f: (abs(math.log2(f) - math.log2(downscale)), -f))
     if chosen != downscale:
         log.warning("UNet has no cross-attention at 1/%d of the latent resolution; using 1/%d instead",
@@ -117,9 +123,10 @@ class CaptureAttnProcessor(AttnProcessor2_0):
 class AttentionCapture:
     """Installs capture processors on the selected layers of a UNet (and SDPA everywhere else)."""
 
-    def __init__(self, unet: UNet2DConditionModel, downscale: int = ATTENTION_DOWNSCALE):
+    def __init__(self, unet: UNet2DConditionModel, downscale: int = ATTENTION_DOWNSCALE,
+                 blocks: tuple[str, ...] = ("down", "up")):
         self.unet = unet
-        self.layers = cross_attention_layers(unet, downscale)
+        self.layers = cross_attention_layers(unet, downscale, blocks)
         self.downscale = next(iter(self.layers.values()))
         self.store = AttentionStore()
         self._original = None

@@ -1,8 +1,134 @@
-"""The model families the method supports, and how each names its text encoder (no heavy imports)."""
+"""The model families the method supports: everything that differs between them, one entry per family.
 
-#: cross-attention context width -> model family (the text encoder decides the family)
-FAMILY_BY_CONTEXT = {768: "sd1", 1024: "sd2"}
-#: family -> text-encoder name, as ComfyUI and the pack format call it
-ENCODER_BY_FAMILY = {"sd1": "clip_l", "sd2": "clip_h"}
-#: how errors and the UI name the families
-FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x"}
+This module is plain data (no torch, diffusers or transformers), so the node pack can read it at import time.
+Adding a family means adding an entry here, plus code only for what is really new (for example a second text
+encoder); the rest of the engine reads the entry instead of asking ``if family == ...``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TextEncoderSpec:
+    """One text encoder of a family, and how every format around it names it."""
+
+    #: the encoder's name in ComfyUI's CLIP (tokenizer attribute, patch-key prefix), in packs and embedding files
+    name: str
+    #: hidden width of the packaged default config (single-file checkpoints read the real width from the weights)
+    width: int
+    #: key prefix of its weights in an original (LDM / A1111) single-file checkpoint
+    checkpoint_prefix: str
+    #: "hf": transformers CLIP key names under the prefix; "openclip": OpenCLIP's (fused qkv, resblocks)
+    checkpoint_layout: str
+    #: the diffusers convention drops the last transformer layer when converting (SD2: conditioning on the
+    #: penultimate layer, followed by the final layer norm, is then the converted model's last hidden state)
+    drop_last_layer: bool
+    #: which hidden state conditions the UNet: "last" (after the final layer norm) or "penultimate"
+    #: (hidden_states[-2], no final norm: SDXL)
+    hidden_state: str
+    #: packaged transformers config used for single-file checkpoints (bas_engine/configs)
+    config_file: str
+    #: key prefix of its weights in ComfyUI's CLIP ModelPatcher (weight patches)
+    comfy_prefix: str
+    #: prefix of its modules in a kohya LoRA file
+    kohya_prefix: str
+    #: key of its vector in an embedding file; None: the file has one key, the token (SD1.x / SD2.x custom)
+    embedding_key: str | None = None
+    #: padding token of the tokenizer when it differs from CLIP's end-of-text (OpenCLIP pads with "!")
+    pad_token: str | None = None
+
+
+@dataclass(frozen=True)
+class Family:
+    """A Stable-Diffusion model family: its text encoders, UNet conventions and how other tools name it."""
+
+    key: str                                  # "sd1", stored in packs
+    label: str                                # how errors and the UI name it: "SD1.x"
+    context_dim: int                          # cross-attention width of the UNet
+    text_encoders: tuple[TextEncoderSpec, ...]
+    #: ComfyUI model_config class names (comfy/supported_models.py) of this family
+    comfy_model_configs: tuple[str, ...]
+    #: diffusers UNet config: attention upcast to fp32 (SD2's convention)
+    upcast_attention: bool = False
+    #: UNet blocks whose cross-attention layers at 1/4 of the latent resolution feed the attention loss;
+    #: the paper used the down and up blocks
+    attention_blocks: tuple[str, ...] = ("down", "up")
+    #: diffusers' ``addition_embed_type`` of the UNet (extra conditioning beside the text); None for SD1/SD2
+    addition_embed_type: str | None = None
+    #: the side, in pixels, the family was trained at (the default training resolution)
+    native_resolution: int = 512
+
+    @property
+    def encoder_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.text_encoders)
+
+    def encoder(self, name: str) -> TextEncoderSpec:
+        for spec in self.text_encoders:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"{self.label} has no text encoder {name!r} (it has {', '.join(self.encoder_names)})")
+
+
+SD1 = Family(
+    key="sd1", label="SD1.x", context_dim=768, comfy_model_configs=("SD15",),
+    text_encoders=(TextEncoderSpec(
+        name="clip_l", width=768, checkpoint_prefix="cond_stage_model.transformer.", checkpoint_layout="hf",
+        drop_last_layer=False, hidden_state="last", config_file="sd1_text_encoder.json",
+        comfy_prefix="clip_l.transformer.text_model.", kohya_prefix="lora_te"),),
+)
+
+SD2 = Family(
+    key="sd2", label="SD2.x", context_dim=1024, comfy_model_configs=("SD20",), upcast_attention=True,
+    text_encoders=(TextEncoderSpec(
+        name="clip_h", width=1024, checkpoint_prefix="cond_stage_model.model.", checkpoint_layout="openclip",
+        drop_last_layer=True, hidden_state="last", config_file="sd2_text_encoder.json",
+        comfy_prefix="clip_h.transformer.text_model.", kohya_prefix="lora_te", pad_token="!"),),
+)
+
+#: every supported family by key, in the order errors list them
+FAMILIES: dict[str, Family] = {f.key: f for f in (SD1, SD2)}
+
+
+def get_family(key: str) -> Family:
+    """The family entry for a key stored in a pack or a components object."""
+    try:
+        return FAMILIES[key]
+    except KeyError:
+        raise KeyError(f"unknown model family {key!r}; known: {', '.join(FAMILIES)}") from None
+
+
+def supported_labels() -> str:
+    """'SD1.x and SD2.x' (for error messages)."""
+    labels = [f.label for f in FAMILIES.values()]
+    return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
+
+
+def family_label(key: str) -> str:
+    """How errors name a family key, also one this version does not know."""
+    return FAMILIES[key].label if key in FAMILIES else key
+
+
+def family_for_unet(context_dim: int, addition_embed_type: str | None = None) -> Family | None:
+    """The family of a UNet with this cross-attention width and extra conditioning; None when none fits."""
+    for family in FAMILIES.values():
+        if family.context_dim == context_dim and family.addition_embed_type == addition_embed_type:
+            return family
+    return None
+
+
+def family_for_comfy_config(class_name: str) -> Family | None:
+    """The family of a ComfyUI model_config class (``type(model.model.model_config).__name__``)."""
+    for family in FAMILIES.values():
+        if class_name in family.comfy_model_configs:
+            return family
+    return None
+
+
+def family_for_checkpoint_keys(keys) -> Family | None:
+    """The family whose text encoders' checkpoint prefixes the keys of a single-file checkpoint use."""
+    keys = list(keys)
+    for family in FAMILIES.values():
+        if all(any(k.startswith(spec.checkpoint_prefix) for k in keys) for spec in family.text_encoders):
+            return family
+    return None

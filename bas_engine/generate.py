@@ -4,11 +4,11 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from .families import ENCODER_BY_FAMILY
-from .lora import lora_deltas
-from .models import SDComponents, detect_family, model_fingerprint, text_encoder_part
-from .pack import ConceptPack, check_compatible
+from .components import SDComponents, detect_family, model_fingerprint, text_encoder_part
 from .errors import PackError
+from .families import get_family
+from .lora import lora_deltas
+from .pack import ConceptPack, check_compatible
 
 
 def build_pipeline(components: SDComponents) -> StableDiffusionPipeline:
@@ -31,11 +31,11 @@ def apply_pack(pipe: StableDiffusionPipeline, pack: ConceptPack, scale: float = 
     Returns compatibility warnings (other base weights of the same family).
     """
     family = detect_family(pipe.unet)
-    warnings = check_compatible(pack, family, model_fingerprint(pipe.unet), strict)
-    vectors = pack.handles.get(ENCODER_BY_FAMILY[family]) if len(pack.handles) > 1 else next(iter(pack.handles.values()))
-    if vectors is None:
-        raise PackError(f"concept pack has no handles for the {family} text encoder")
     tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+    encoder_name = get_family(family).text_encoders[0].name
+    warnings = check_compatible(pack, family, model_fingerprint(pipe.unet), strict,
+                                encoder_widths={encoder_name: encoder.get_input_embeddings().embedding_dim})
+    vectors = pack.handles[encoder_name]
     if any(t in tokenizer.get_vocab() for t in pack.tokens):
         raise PackError(f"the pipeline already has tokens {pack.tokens}; apply a pack once per pipeline")
     tokenizer.add_tokens(pack.tokens)

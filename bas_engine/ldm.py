@@ -13,9 +13,10 @@ The UNet configuration is read from the weights (or from an LDM-style ``unet_con
 convert as well as the real thing.  The key conversion itself is diffusers' own
 (``diffusers.loaders.single_file_utils``); every config is passed explicitly so nothing reaches for the hub.
 
-The reverse direction (``components_to_ldm`` and the ``diffusers_to_*_keys`` maps) is written here: it is
-needed to hand weight deltas to ComfyUI (``ModelPatcher.add_patches`` keys ``diffusion_model.<ldm name>``
-and ``clip_l.transformer.text_model.<name>``) and to write test checkpoints.
+The UNet's reverse map (``diffusers_to_ldm_unet_keys``) and ``diffusers_to_comfy_clip_keys`` are here: they
+hand weight deltas to ComfyUI (``ModelPatcher.add_patches`` keys ``diffusion_model.<ldm name>`` and the text
+encoder's ``comfy_prefix``). Writing whole checkpoints is only needed by tests: ``bas_engine.testing``.
+The text encoders' key prefixes and layouts come from the family table (``families.py``).
 
 This module never imports ComfyUI.
 """
@@ -31,17 +32,15 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.loaders import single_file_utils as sfu
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from .components import SDComponents
 from .errors import ModelError
-from .models import FAMILY_BY_CONTEXT, SDComponents
+from .families import SD1, TextEncoderSpec, family_for_checkpoint_keys, family_for_unet, get_family, supported_labels
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-CLIP_PREFIX = "cond_stage_model.transformer."          # SD1, followed by text_model.*
-OPENCLIP_PREFIX = "cond_stage_model.model."            # SD2
-#: ComfyUI's names for the text encoder module inside its CLIP ModelPatcher, per family
-COMFY_CLIP_PREFIX = {"sd1": "clip_l.transformer.text_model.", "sd2": "clip_h.transformer.text_model."}
+# The text encoders' prefixes (and ComfyUI's names for them) are in the family table (families.py).
 
 
 def _static_config(name: str) -> dict:
@@ -198,7 +197,7 @@ def diffusers_unet_config(ldm_unet_config: Mapping[str, Any], *, family: str | N
             heads = heads[0]
     else:
         heads = cfg["num_heads"]
-    fam = family or FAMILY_BY_CONTEXT.get(cfg["context_dim"])
+    spec = get_family(family) if family else (family_for_unet(cfg["context_dim"]) or SD1)
     return dict(
         sample_size=sample_size,
         in_channels=cfg["in_channels"], out_channels=cfg["out_channels"],
@@ -209,7 +208,7 @@ def diffusers_unet_config(ldm_unet_config: Mapping[str, Any], *, family: str | N
         cross_attention_dim=cfg["context_dim"], attention_head_dim=heads,
         use_linear_projection=cfg["use_linear_in_transformer"],
         transformer_layers_per_block=layers,
-        norm_num_groups=32, upcast_attention=(fam == "sd2"),
+        norm_num_groups=32, upcast_attention=spec.upcast_attention,
         flip_sin_to_cos=True, freq_shift=0, act_fn="silu", center_input_sample=False,
         downsample_padding=1, mid_block_scale_factor=1, norm_eps=1e-5)
 
@@ -308,45 +307,6 @@ def vae_config_from_weights(vae_sd: Mapping[str, torch.Tensor], scaling_factor: 
     return cfg
 
 
-_VAE_ATTN_D2L = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-
-
-def diffusers_to_ldm_vae_keys(vae: AutoencoderKL) -> dict[str, str]:
-    """diffusers AutoencoderKL parameter name -> LDM VAE name (without ``first_stage_model.``)."""
-    n_up = len(vae.config.up_block_types)
-    top = {v_d: v_l for v_d, v_l in sfu.DIFFUSERS_TO_LDM_MAPPING["vae"].items()}
-    out = {}
-    for name in vae.state_dict():
-        if name in top:
-            out[name] = top[name]
-            continue
-        m = re.match(r"^(encoder|decoder)\.(down_blocks|up_blocks|mid_block)\.(.*)$", name)
-        if not m:
-            raise ModelError(f"no LDM name for VAE parameter {name!r}")
-        coder, block, rest = m.groups()
-        if block == "mid_block":
-            m2 = re.match(r"^resnets\.(\d+)\.(.*)$", rest)
-            if m2:
-                out[name] = f"{coder}.mid.block_{int(m2.group(1)) + 1}.{m2.group(2).replace('conv_shortcut', 'nin_shortcut')}"
-                continue
-            m2 = re.match(r"^attentions\.0\.(.*)\.(weight|bias)$", rest)
-            out[name] = f"{coder}.mid.attn_1.{_VAE_ATTN_D2L[m2.group(1)]}.{m2.group(2)}"
-            continue
-        m2 = re.match(r"^(\d+)\.(resnets|downsamplers|upsamplers)\.(\d+)\.(.*)$", rest)
-        i, kind, j, tail = int(m2.group(1)), m2.group(2), int(m2.group(3)), m2.group(4)
-        if block == "down_blocks":
-            lvl, word = i, "down"
-        else:
-            lvl, word = n_up - 1 - i, "up"
-        if kind == "resnets":
-            out[name] = f"{coder}.{word}.{lvl}.block.{j}.{tail.replace('conv_shortcut', 'nin_shortcut')}"
-        elif kind == "downsamplers":
-            out[name] = f"{coder}.down.{lvl}.downsample.{tail}"
-        else:
-            out[name] = f"{coder}.up.{lvl}.upsample.{tail}"
-    return out
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Text encoders
 # --------------------------------------------------------------------------------------------------------------
@@ -355,9 +315,9 @@ def _strip(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-def text_encoder_config_from_weights(te_sd: Mapping[str, torch.Tensor], family: str) -> dict:
+def text_encoder_config_from_weights(te_sd: Mapping[str, torch.Tensor], encoder: TextEncoderSpec) -> dict:
     """CLIPTextConfig kwargs from converted (transformers-layout, no ``text_model.``) text-encoder weights."""
-    base = _static_config("sd2_text_encoder.json" if family == "sd2" else "sd1_text_encoder.json")
+    base = _static_config(encoder.config_file)
     tok = te_sd["embeddings.token_embedding.weight"]
     hidden = int(tok.shape[1])
     heads = base["num_attention_heads"] if hidden == base["hidden_size"] else max(1, hidden // 64)
@@ -371,22 +331,24 @@ def text_encoder_config_from_weights(te_sd: Mapping[str, torch.Tensor], family: 
     return base
 
 
-def _convert_text_encoder(state_dict: Mapping[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
-    if family == "sd1":
-        sd = {k: v for k, v in state_dict.items() if k.startswith(CLIP_PREFIX)}
+def _convert_text_encoder(state_dict: Mapping[str, torch.Tensor], encoder: TextEncoderSpec) -> dict[str, torch.Tensor]:
+    """The encoder's checkpoint weights in transformers CLIPTextModel names (no ``text_model.``)."""
+    prefix = encoder.checkpoint_prefix
+    sd = {k: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if encoder.checkpoint_layout == "hf":
         # some SD1 files lack the text_model. level (ComfyUI tolerates that too)
-        sd = {(k if k.startswith(CLIP_PREFIX + "text_model.") else k.replace(CLIP_PREFIX, CLIP_PREFIX + "text_model.", 1)): v
+        sd = {(k if k.startswith(prefix + "text_model.") else k.replace(prefix, prefix + "text_model.", 1)): v
               for k, v in sd.items()}
-        converted = sfu.convert_ldm_clip_checkpoint(sd)
+        converted = sfu.convert_ldm_clip_checkpoint(sd, prefix)
     else:
-        sd = {k: v for k, v in state_dict.items() if k.startswith(OPENCLIP_PREFIX)}
-        # SD2 conditions on the penultimate layer: diffusers' text encoder simply drops the last resblock
-        n = _count(list(sd), OPENCLIP_PREFIX + "transformer.resblocks.{}.")
-        last = f"{OPENCLIP_PREFIX}transformer.resblocks.{n - 1}."
-        sd = {k: v for k, v in sd.items() if not k.startswith(last)}
-        width = int(sd[OPENCLIP_PREFIX + "token_embedding.weight"].shape[1])
-        sd[OPENCLIP_PREFIX + "text_projection"] = torch.empty(width, 0)    # tells the helper the width; dropped
-        converted = sfu.convert_open_clip_checkpoint(None, sd, prefix=OPENCLIP_PREFIX)
+        n = _count(list(sd), prefix + "transformer.resblocks.{}.")
+        if encoder.drop_last_layer:
+            # conditioning on the penultimate layer: diffusers' text encoder simply drops the last resblock
+            last = f"{prefix}transformer.resblocks.{n - 1}."
+            sd = {k: v for k, v in sd.items() if not k.startswith(last)}
+        width = int(sd[prefix + "token_embedding.weight"].shape[1])
+        sd[prefix + "text_projection"] = torch.empty(width, 0)    # tells the helper the width; dropped
+        converted = sfu.convert_open_clip_checkpoint(None, sd, prefix=prefix)
     converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
     converted.pop("embeddings.position_ids", None)
     converted.pop("text_projection.weight", None)
@@ -394,21 +356,13 @@ def _convert_text_encoder(state_dict: Mapping[str, torch.Tensor], family: str) -
     return converted
 
 
-def diffusers_to_comfy_clip_keys(text_encoder_or_names, family: str) -> dict[str, str]:
+def diffusers_to_comfy_clip_keys(text_encoder_or_names, encoder: TextEncoderSpec) -> dict[str, str]:
     """transformers CLIPTextModel parameter name (no ``text_model.``) -> ComfyUI CLIP patcher key
-    (``clip_l.transformer.text_model.*`` for SD1, ``clip_h.transformer.text_model.*`` for SD2)."""
+    (the encoder's ``comfy_prefix``, e.g. ``clip_l.transformer.text_model.*``)."""
     names = (text_encoder_or_names.state_dict().keys() if isinstance(text_encoder_or_names, torch.nn.Module)
              else text_encoder_or_names)
-    prefix = COMFY_CLIP_PREFIX[family]
+    prefix = encoder.comfy_prefix
     return {n: prefix + n.removeprefix("text_model.") for n in names if not n.endswith("position_ids")}
-
-
-def diffusers_to_ldm_text_encoder_keys(text_encoder_or_names) -> dict[str, str]:
-    """SD1 only: transformers CLIPTextModel parameter name -> original checkpoint key."""
-    names = (text_encoder_or_names.state_dict().keys() if isinstance(text_encoder_or_names, torch.nn.Module)
-             else text_encoder_or_names)
-    return {n: CLIP_PREFIX + "text_model." + n.removeprefix("text_model.") for n in names
-            if not n.endswith("position_ids")}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -416,12 +370,12 @@ def diffusers_to_ldm_text_encoder_keys(text_encoder_or_names) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------------------------
 
 def detect_checkpoint_family(state_dict: Mapping[str, torch.Tensor]) -> str:
-    if any(k.startswith(OPENCLIP_PREFIX) for k in state_dict):
-        return "sd2"
-    if any(k.startswith(CLIP_PREFIX) for k in state_dict):
-        return "sd1"
+    """The family whose text-encoder keys the checkpoint holds (``family_for_checkpoint_keys``)."""
+    family = family_for_checkpoint_keys(state_dict)
+    if family is not None:
+        return family.key
     if any(k.startswith("conditioner.") for k in state_dict):
-        raise ModelError("this is an SDXL-style checkpoint (conditioner.*); only SD1.x/SD2.x are supported")
+        raise ModelError(f"this is an SDXL-style checkpoint (conditioner.*); supported: {supported_labels()}")
     raise ModelError("no text encoder in the checkpoint (cond_stage_model.* missing)")
 
 
@@ -433,14 +387,15 @@ def make_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
     return DDPMScheduler.from_config(cfg)
 
 
-def load_tokenizer(tokenizer_dir: str, family: str = "sd1") -> CLIPTokenizer:
-    """CLIPTokenizer from a local folder (vocab.json + merges.txt); SD2 pads with "!" (id 0) like OpenCLIP."""
+def load_tokenizer(tokenizer_dir: str, encoder: TextEncoderSpec = SD1.text_encoders[0]) -> CLIPTokenizer:
+    """CLIPTokenizer from a local folder (vocab.json + merges.txt), padding as the encoder was trained
+    (OpenCLIP pads with "!", id 0)."""
     try:
         tok = CLIPTokenizer.from_pretrained(os.fspath(tokenizer_dir), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ModelError(f"tokenizer folder {tokenizer_dir!r} could not be loaded: {exc}") from exc
-    if family == "sd2" and tok.pad_token != "!":
-        tok.pad_token = "!"
+    if encoder.pad_token and tok.pad_token != encoder.pad_token:
+        tok.pad_token = encoder.pad_token
     return tok
 
 
@@ -476,6 +431,7 @@ def components_from_ldm(state_dict: Mapping[str, torch.Tensor], tokenizer_dir: s
 def _components_from_ldm(state_dict, tokenizer_dir, *, unet_config, prediction_type, family, text_encoder_config,
                          dtype) -> SDComponents:
     fam = family or detect_checkpoint_family(state_dict)
+    encoder = get_family(fam).text_encoders[0]
     unet_sd = _strip(state_dict, UNET_PREFIX)
     if not unet_sd:
         raise ModelError("no UNet weights in the checkpoint (model.diffusion_model.* missing)")
@@ -490,8 +446,8 @@ def _components_from_ldm(state_dict, tokenizer_dir, *, unet_config, prediction_t
     _load_strict(vae, sfu.convert_ldm_vae_checkpoint({VAE_PREFIX + k: v for k, v in vae_sd.items()}, vae.config),
                  "VAE")
 
-    te_sd = _convert_text_encoder(state_dict, fam)
-    te_cfg = dict(text_encoder_config) if text_encoder_config else text_encoder_config_from_weights(te_sd, fam)
+    te_sd = _convert_text_encoder(state_dict, encoder)
+    te_cfg = dict(text_encoder_config) if text_encoder_config else text_encoder_config_from_weights(te_sd, encoder)
     text_encoder = CLIPTextModel(CLIPTextConfig(**te_cfg))
     _load_strict(text_encoder, te_sd, "text encoder")
 
@@ -500,63 +456,12 @@ def _components_from_ldm(state_dict, tokenizer_dir, *, unet_config, prediction_t
             m.to(dtype=dtype)
         m.eval()
         m.requires_grad_(False)
-    tokenizer = load_tokenizer(tokenizer_dir, fam)
+    tokenizer = load_tokenizer(tokenizer_dir, encoder)
     # Prompts are padded/truncated to model_max_length: it must fit the text encoder (ComfyUI's bundled
     # tokenizer folder says 8192).
     tokenizer.model_max_length = min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings)
     return SDComponents(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                         noise_scheduler=make_scheduler(prediction_type or "epsilon"), family=fam)
-
-
-def components_to_ldm(components: SDComponents, *, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Write the components as an original single-file state dict (SD1: CLIP-L keys; SD2: OpenCLIP keys).
-
-    For SD2 the OpenCLIP tower gets back the last resblock diffusers drops (penultimate-layer convention) as
-    an all-zero block, which is an identity in a pre-LN residual transformer, and an identity
-    ``text_projection``; ComfyUI and the LDM code never use either for conditioning.
-    """
-    def cast(t):
-        t = t.detach().contiguous()
-        return t.to(dtype) if dtype is not None else t.clone()
-
-    out: dict[str, torch.Tensor] = {}
-    usd = components.unet.state_dict()
-    for d, l in diffusers_to_ldm_unet_keys(components.unet).items():
-        out[UNET_PREFIX + l] = cast(usd[d])
-    vsd = components.vae.state_dict()
-    for d, l in diffusers_to_ldm_vae_keys(components.vae).items():
-        t = vsd[d]
-        if ".mid.attn_1." in l and l.endswith("weight") and t.ndim == 2:
-            t = t[:, :, None, None]                                       # LDM uses 1x1 convs
-        out[VAE_PREFIX + l] = cast(t)
-    tsd = {k.removeprefix("text_model."): v for k, v in components.text_encoder.state_dict().items()
-           if not k.endswith("position_ids")}
-    if components.family != "sd2":
-        for d, l in diffusers_to_ldm_text_encoder_keys(list(tsd)).items():
-            out[l] = cast(tsd[d])
-        return out
-    p = OPENCLIP_PREFIX
-    out[p + "token_embedding.weight"] = cast(tsd["embeddings.token_embedding.weight"])
-    out[p + "positional_embedding"] = cast(tsd["embeddings.position_embedding.weight"])
-    out[p + "ln_final.weight"] = cast(tsd["final_layer_norm.weight"])
-    out[p + "ln_final.bias"] = cast(tsd["final_layer_norm.bias"])
-    n = _count(list(tsd), "encoder.layers.{}.")
-    for i in range(n + 1):
-        src, dst = f"encoder.layers.{i}.", f"{p}transformer.resblocks.{i}."
-        if i < n:
-            get = lambda name: tsd[src + name]                            # noqa: E731
-        else:
-            get = lambda name: torch.zeros_like(tsd[f"encoder.layers.0.{name}"])  # noqa: E731
-        for w in ("weight", "bias"):
-            out[dst + f"attn.in_proj_{w}"] = cast(torch.cat([get(f"self_attn.{q}_proj.{w}") for q in "qkv"]))
-            out[dst + f"attn.out_proj.{w}"] = cast(get(f"self_attn.out_proj.{w}"))
-            out[dst + f"ln_1.{w}"] = cast(get(f"layer_norm1.{w}"))
-            out[dst + f"ln_2.{w}"] = cast(get(f"layer_norm2.{w}"))
-            out[dst + f"mlp.c_fc.{w}"] = cast(get(f"mlp.fc1.{w}"))
-            out[dst + f"mlp.c_proj.{w}"] = cast(get(f"mlp.fc2.{w}"))
-    width = tsd["embeddings.token_embedding.weight"].shape[1]
-    out[p + "text_projection"] = cast(torch.eye(width, dtype=tsd["final_layer_norm.weight"].dtype))
-    return out
 
 
 def read_checkpoint(path: str) -> dict[str, torch.Tensor]:

@@ -5,12 +5,13 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
 
 from .errors import PackError
-from .families import FAMILY_NAMES
+from .families import family_label
 from .fileio import save_safetensors_atomic
 
 FORMAT_NAME = "break-a-scene-concept-pack"
@@ -30,6 +31,11 @@ class ConceptPack:
     lora: dict[str, torch.Tensor] = field(default_factory=dict)    # see bas_engine.lora.lora_state_dict
     deltas: dict[str, torch.Tensor] = field(default_factory=dict)  # "unet.<param>" -> trained - base
     meta: dict = field(default_factory=dict)  # family, prediction_type, fingerprint, settings, losses
+    source: str | None = field(default=None, compare=False)   # the file it was loaded from, for messages
+
+    def describe(self) -> str:
+        """How messages name the pack: its file when it was loaded from one."""
+        return f"concept pack {self.source!r}" if self.source else "concept pack"
 
     @property
     def family(self) -> str:
@@ -90,7 +96,7 @@ def load_pack(path: str | os.PathLike) -> ConceptPack:
     pack = ConceptPack(tokens, names, initializers, handles, mode,
                        lora={k[5:]: v for k, v in tensors.items() if k.startswith("lora.")},
                        deltas={k[6:]: v for k, v in tensors.items() if k.startswith("delta.")},
-                       meta=header)
+                       meta=header, source=path)
     validate_pack(pack, path)
     return pack
 
@@ -112,19 +118,31 @@ def validate_pack(pack: ConceptPack, where: str = "concept pack") -> None:
         raise PackError(f"{where}: a LoRA pack without LoRA weights")
 
 
-def check_compatible(pack: ConceptPack, family: str, fingerprint: str | None = None,
-                     strict: bool = False) -> list[str]:
-    """Refuse a pack trained on another model family; with `strict`, also on other base weights.
+def check_compatible(pack: ConceptPack, family: str, fingerprint: str | None = None, strict: bool = False,
+                     encoder_widths: Mapping[str, int] | None = None) -> list[str]:
+    """Refuse a pack trained on another model family or on text encoders of other widths, before any tensor
+    work; with `strict`, also a pack trained on other base weights.
 
-    Returns warnings (other weights of the same family still work, as LoRAs do, but less faithfully).
+    ``encoder_widths`` maps the model's text-encoder names to their embedding widths. Returns warnings (other
+    weights of the same family, a fine-tune, still work, as LoRAs do, but less faithfully).
     """
+    where = pack.describe()
     if pack.family and pack.family != family:
-        trained, given = (FAMILY_NAMES.get(f, f) for f in (pack.family, family))
-        raise PackError(f"concept pack was trained on an {trained} model, but the model given is {given}")
+        raise PackError(f"{where} was trained on an {family_label(pack.family)} model, but the model given is "
+                        f"{family_label(family)}")
+    for encoder, width in (encoder_widths or {}).items():
+        vectors = pack.handles.get(encoder)
+        if vectors is None:
+            raise PackError(f"{where} holds handles for {', '.join(sorted(pack.handles))}, but the model given "
+                            f"has a {encoder} text encoder")
+        if vectors.shape[-1] != width:
+            raise PackError(f"{where} was trained on a model whose {encoder} text encoder is {vectors.shape[-1]} "
+                            f"wide, but the model given has a {width}-wide {encoder}: another model, although "
+                            f"both are {family_label(family)}")
     warnings = []
     trained_on = pack.meta.get("fingerprint")
     if fingerprint and trained_on and fingerprint != trained_on:
-        message = (f"concept pack was trained on base weights {trained_on}, the model given is {fingerprint}; "
+        message = (f"{where} was trained on base weights {trained_on}, the model given is {fingerprint}; "
                    "the handles may not reproduce the concepts faithfully")
         if strict:
             raise PackError(message)

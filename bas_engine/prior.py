@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from .fileio import atomic_path
-from .models import SDComponents
+from .components import SDComponents
 
 
 def class_image_dir(cache_root: str, fingerprint: str, prompt: str, size: tuple[int, int]) -> str:

@@ -1,4 +1,5 @@
-"""Small random-weight models built from configs, for tests, the tiny benchmark and the smoke demo.
+"""Code for tests and benchmarks only: small random-weight models built from configs, a synthetic scene, and
+writers of diffusers folders and original single-file checkpoints (the fixtures ComfyUI loads).
 
 Nothing here downloads anything: the tokenizer is a byte-level CLIP BPE vocabulary written in code.
 """
@@ -6,13 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.loaders import single_file_utils as sfu
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from .models import SDComponents, detect_family
+from .components import SDComponents, detect_family
+from .errors import ModelError
+from .ldm import UNET_PREFIX, VAE_PREFIX, _count, diffusers_to_ldm_unet_keys
 
 #: words that get a single token, so prompts used in tests and demos tokenize compactly
 COMMON_WORDS = ("a photo of and an oil painting next to on the beach object bowl stone figurine bear "
@@ -128,10 +133,114 @@ def synthetic_scene(size: int = 128, concepts: int = 3, seed: int = 0):
     return load_scene(image, masks)
 
 
+def save_model(components: SDComponents, path: str) -> None:
+    """Write the components as a diffusers folder."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
+        unet=components.unet, scheduler=components.noise_scheduler, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(path, safe_serialization=True)
+
+
+# -- original single-file checkpoints (the reverse of bas_engine.ldm) -----------------------------------------
+
+_VAE_ATTN_D2L = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def diffusers_to_ldm_vae_keys(vae: AutoencoderKL) -> dict[str, str]:
+    """diffusers AutoencoderKL parameter name -> LDM VAE name (without ``first_stage_model.``)."""
+    n_up = len(vae.config.up_block_types)
+    top = {v_d: v_l for v_d, v_l in sfu.DIFFUSERS_TO_LDM_MAPPING["vae"].items()}
+    out = {}
+    for name in vae.state_dict():
+        if name in top:
+            out[name] = top[name]
+            continue
+        m = re.match(r"^(encoder|decoder)\.(down_blocks|up_blocks|mid_block)\.(.*)$", name)
+        if not m:
+            raise ModelError(f"no LDM name for VAE parameter {name!r}")
+        coder, block, rest = m.groups()
+        if block == "mid_block":
+            m2 = re.match(r"^resnets\.(\d+)\.(.*)$", rest)
+            if m2:
+                out[name] = f"{coder}.mid.block_{int(m2.group(1)) + 1}.{m2.group(2).replace('conv_shortcut', 'nin_shortcut')}"
+                continue
+            m2 = re.match(r"^attentions\.0\.(.*)\.(weight|bias)$", rest)
+            out[name] = f"{coder}.mid.attn_1.{_VAE_ATTN_D2L[m2.group(1)]}.{m2.group(2)}"
+            continue
+        m2 = re.match(r"^(\d+)\.(resnets|downsamplers|upsamplers)\.(\d+)\.(.*)$", rest)
+        i, kind, j, tail = int(m2.group(1)), m2.group(2), int(m2.group(3)), m2.group(4)
+        if block == "down_blocks":
+            lvl, word = i, "down"
+        else:
+            lvl, word = n_up - 1 - i, "up"
+        if kind == "resnets":
+            out[name] = f"{coder}.{word}.{lvl}.block.{j}.{tail.replace('conv_shortcut', 'nin_shortcut')}"
+        elif kind == "downsamplers":
+            out[name] = f"{coder}.down.{lvl}.downsample.{tail}"
+        else:
+            out[name] = f"{coder}.up.{lvl}.upsample.{tail}"
+    return out
+
+
+
+
+def components_to_ldm(components: SDComponents, *, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Write the components as an original single-file state dict, the text encoder in its family's layout.
+
+    An OpenCLIP tower whose last resblock diffusers drops (SD2, penultimate-layer convention) gets it back as
+    an all-zero block, which is an identity in a pre-LN residual transformer, and an identity
+    ``text_projection``; ComfyUI and the LDM code never use either for conditioning.
+    """
+    def cast(t):
+        t = t.detach().contiguous()
+        return t.to(dtype) if dtype is not None else t.clone()
+
+    out: dict[str, torch.Tensor] = {}
+    usd = components.unet.state_dict()
+    for d, l in diffusers_to_ldm_unet_keys(components.unet).items():
+        out[UNET_PREFIX + l] = cast(usd[d])
+    vsd = components.vae.state_dict()
+    for d, l in diffusers_to_ldm_vae_keys(components.vae).items():
+        t = vsd[d]
+        if ".mid.attn_1." in l and l.endswith("weight") and t.ndim == 2:
+            t = t[:, :, None, None]                                       # LDM uses 1x1 convs
+        out[VAE_PREFIX + l] = cast(t)
+    tsd = {k.removeprefix("text_model."): v for k, v in components.text_encoder.state_dict().items()
+           if not k.endswith("position_ids")}
+    encoder = components.spec.text_encoders[0]
+    p = encoder.checkpoint_prefix
+    if encoder.checkpoint_layout == "hf":
+        for name, value in tsd.items():
+            out[p + "text_model." + name] = cast(value)
+        return out
+    out[p + "token_embedding.weight"] = cast(tsd["embeddings.token_embedding.weight"])
+    out[p + "positional_embedding"] = cast(tsd["embeddings.position_embedding.weight"])
+    out[p + "ln_final.weight"] = cast(tsd["final_layer_norm.weight"])
+    out[p + "ln_final.bias"] = cast(tsd["final_layer_norm.bias"])
+    n = _count(list(tsd), "encoder.layers.{}.")
+    for i in range(n + int(encoder.drop_last_layer)):
+        src, dst = f"encoder.layers.{i}.", f"{p}transformer.resblocks.{i}."
+        if i < n:
+            get = lambda name: tsd[src + name]                            # noqa: E731
+        else:
+            get = lambda name: torch.zeros_like(tsd[f"encoder.layers.0.{name}"])  # noqa: E731
+        for w in ("weight", "bias"):
+            out[dst + f"attn.in_proj_{w}"] = cast(torch.cat([get(f"self_attn.{q}_proj.{w}") for q in "qkv"]))
+            out[dst + f"attn.out_proj.{w}"] = cast(get(f"self_attn.out_proj.{w}"))
+            out[dst + f"ln_1.{w}"] = cast(get(f"layer_norm1.{w}"))
+            out[dst + f"ln_2.{w}"] = cast(get(f"layer_norm2.{w}"))
+            out[dst + f"mlp.c_fc.{w}"] = cast(get(f"mlp.fc1.{w}"))
+            out[dst + f"mlp.c_proj.{w}"] = cast(get(f"mlp.fc2.{w}"))
+    width = tsd["embeddings.token_embedding.weight"].shape[1]
+    out[p + "text_projection"] = cast(torch.eye(width, dtype=tsd["final_layer_norm.weight"].dtype))
+    return out
+
+
 if __name__ == "__main__":
     import argparse
-
-    from .models import save_model
 
     parser = argparse.ArgumentParser(description="write a tiny random-weight diffusers model folder")
     parser.add_argument("out")

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 
 from .attention import AttentionCapture
 from .callbacks import PreviewEvent, ProgressEvent, TrainCallbacks
+from .components import SDComponents, canonical_text_encoder_name
 from .config import TrainConfig
 from .handles import Handles, default_tokens
 from .latents import CachedPosterior, SceneTensors
 from .lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, inject_lora, lora_state_dict, remove_lora
 from .losses import attention_loss, masked_diffusion_loss
-from .models import SDComponents, canonical_text_encoder_name
 from .pack import ConceptPack
 from .sampling import ConceptSampler
 from .scene import Scene
@@ -79,7 +79,7 @@ class TrainingRun:
         self.handles = Handles(c.tokenizer, c.text_encoder, self.tokens, initializers)
         self.handles.attach()
         self._undo.append(self.handles.detach)
-        self.capture = AttentionCapture(c.unet, config.attention_downscale)
+        self.capture = AttentionCapture(c.unet, config.attention_downscale, c.spec.attention_blocks)
         self.capture.install()
         self._undo.append(self.capture.remove)
         vae_scale = 2 ** (len(c.vae.config.block_out_channels) - 1)

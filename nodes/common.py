@@ -12,10 +12,8 @@ CATEGORY = "Break-A-Scene"
 PACK_FOLDER = "break_a_scene"
 PACK_EXTENSIONS = {".safetensors"}
 
-#: ComfyUI model_config class name -> engine family
-FAMILY_BY_CONFIG = {"SD15": "sd1", "SD20": "sd2"}
-# family -> name of the text encoder in ComfyUI's CLIP (tokenizer attribute / state-dict prefix), and labels
-from ..bas_engine.families import ENCODER_BY_FAMILY, FAMILY_NAMES as FAMILY_LABEL  # noqa: E402,F401
+# The family table is plain data (no diffusers): ComfyUI's class names, CLIP module names and labels per family.
+from ..bas_engine.families import family_for_comfy_config, get_family, supported_labels  # noqa: E402
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 
@@ -83,18 +81,17 @@ def check_name(value: str, what: str) -> str:
 # -- model families --------------------------------------------------------------------------------------------
 
 def model_family(model, what: str = "model") -> str:
-    """'sd1' or 'sd2' for a ComfyUI MODEL; anything else is an error naming the model's family."""
+    """The family key ('sd1', 'sd2', ...) of a ComfyUI MODEL; anything else is an error naming its family."""
     if model is None:
         raise UserError(f"{what}: no model connected")
     base = getattr(model, "model", None)
     config = getattr(base, "model_config", None)
     name = type(config).__name__ if config is not None else type(base).__name__
-    family = FAMILY_BY_CONFIG.get(name)
+    family = family_for_comfy_config(name)
     if family is None:
-        raise UserError(f"{what}: this is a {name} model; Break-A-Scene supports SD1.x (SD15) and SD2.x (SD20) "
-                        "checkpoints only")
+        raise UserError(f"{what}: this is a {name} model; Break-A-Scene supports {supported_labels()} checkpoints only")
     prediction_type(model, what)
-    return family
+    return family.key
 
 
 def prediction_type(model, what: str = "model") -> str:
@@ -116,15 +113,17 @@ def clip_encoder(clip, what: str = "clip") -> str:
     tokenizer = getattr(clip, "tokenizer", None)
     name = getattr(tokenizer, "clip", None)
     if not isinstance(name, str) or not hasattr(tokenizer, name):
-        raise UserError(f"{what}: this CLIP ({type(tokenizer).__name__}) is not an SD1.x/SD2.x text encoder")
+        raise UserError(f"{what}: this CLIP ({type(tokenizer).__name__}) is not a text encoder of "
+                        f"{supported_labels()}")
     return name
 
 
 def check_clip(clip, family: str, what: str = "clip") -> str:
     encoder = clip_encoder(clip, what)
-    expected = ENCODER_BY_FAMILY[family]
+    spec = get_family(family)
+    expected = spec.text_encoders[0].name
     if encoder != expected:
-        raise UserError(f"{what}: this CLIP has a {encoder} text encoder, but the {FAMILY_LABEL[family]} model "
+        raise UserError(f"{what}: this CLIP has a {encoder} text encoder, but the {spec.label} model "
                         f"needs {expected}; connect the CLIP of the same checkpoint")
     return encoder
 
@@ -138,6 +137,6 @@ def comfy_tokenizer_dir() -> str:
 
 def unet_fingerprint(model) -> str:
     """Fingerprint of the MODEL's base UNet weights, as the engine stores it in packs (no conversion)."""
-    from ..bas_engine.models import model_fingerprint
+    from ..bas_engine.components import model_fingerprint
 
     return model_fingerprint(model.model.diffusion_model.state_dict())

@@ -13,7 +13,7 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from .common import CATEGORY, ENCODER_BY_FAMILY, UserError, check_clip, clip_encoder, model_family
+from .common import CATEGORY, UserError, check_clip, clip_encoder, model_family
 from .common import unet_fingerprint, user_error
 from .types import Concepts, ConceptsType
 
@@ -146,7 +146,9 @@ def apply_deltas(model, clip, pack, family: str, strength_model: float, strength
             missing = sorted(set(patches) - accepted)
             raise UserError(f"concepts: ComfyUI refused {len(missing)} UNet weight deltas (e.g. {missing[:3]})")
     if te_deltas:
-        names = diffusers_to_comfy_clip_keys(list(te_deltas), family)
+        from ..bas_engine.families import get_family
+
+        names = diffusers_to_comfy_clip_keys(list(te_deltas), get_family(family).text_encoders[0])
         patches = {names[k]: (v,) for k, v in te_deltas.items()}
         accepted = set(new_clip.add_patches(patches, strength_clip))
         if accepted != set(patches):
@@ -163,15 +165,15 @@ def inject(model, clip, concepts: Concepts, strength_model: float = 1.0, strengt
     if not isinstance(concepts, Concepts):
         raise UserError(f"concepts: expected BAS_CONCEPTS, got {type(concepts).__name__}")
     family = model_family(model)
-    check_clip(clip, family)
+    encoder = check_clip(clip, family)
     pack = concepts.pack
+    width = getattr(getattr(clip.tokenizer, encoder), "embedding_size", None)
     try:
-        for warning in check_compatible(pack, family, unet_fingerprint(model)):
+        for warning in check_compatible(pack, family, unet_fingerprint(model),
+                                        encoder_widths={encoder: width} if width else None):
             log.warning("Break-A-Scene Handle Injector: %s", warning)
     except BASError as exc:
         raise user_error("concepts", exc) from exc
-    if ENCODER_BY_FAMILY[family] not in pack.handles and len(pack.handles) != 1:
-        raise UserError(f"concepts: the pack has no handles for {ENCODER_BY_FAMILY[family]}")
     if pack.mode == "lora":
         new_model, new_clip = apply_lora(model, clip, pack, strength_model, strength_clip)
     else:

@@ -5,7 +5,7 @@ import re
 
 from comfy_api.latest import io
 
-from .common import ENCODER_BY_FAMILY, CATEGORY, FAMILY_LABEL, UserError, clip_encoder
+from .common import CATEGORY, UserError, clip_encoder
 from .inject import has_handles, install_handles
 from .types import Concepts, ConceptsType
 
@@ -38,10 +38,12 @@ def encode(clip, concepts: Concepts, text: str):
     if not isinstance(concepts, Concepts):
         raise UserError(f"concepts: expected BAS_CONCEPTS, got {type(concepts).__name__}")
     encoder = clip_encoder(clip)
-    family = concepts.pack.family
-    if family in ENCODER_BY_FAMILY and ENCODER_BY_FAMILY[family] != encoder:
-        raise UserError(f"concepts: the pack was trained on an {FAMILY_LABEL.get(family, family)} model (text encoder "
-                        f"{ENCODER_BY_FAMILY[family]}), but this CLIP has {encoder}")
+    from ..bas_engine.families import FAMILIES
+
+    family = FAMILIES.get(concepts.pack.family)
+    if family is not None and encoder not in family.encoder_names:
+        raise UserError(f"concepts: the pack was trained on an {family.label} model (text encoder "
+                        f"{', '.join(family.encoder_names)}), but this CLIP has {encoder}")
     rewritten = rewrite_prompt(text, concepts)
     if not has_handles(clip, concepts):
         clip = clip.clone()

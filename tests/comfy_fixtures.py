@@ -14,8 +14,9 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from bas_engine.ldm import components_to_ldm, make_scheduler
-from bas_engine.models import SDComponents
+from bas_engine.ldm import make_scheduler
+from bas_engine.testing import components_to_ldm
+from bas_engine.components import SDComponents
 
 
 # ------------------------------------------------------------------------------------------------ tokenizer

@@ -8,7 +8,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from bas_engine.cli import main
-from bas_engine.models import save_model
+from bas_engine.testing import save_model
 from bas_engine.pack import load_pack
 from bas_engine.testing import tiny_components
 from engine_helpers import SHARED_SCENES, needs_shared_scenes

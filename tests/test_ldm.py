@@ -6,6 +6,7 @@ import torch
 
 from bas_engine import ldm
 from bas_engine.errors import ModelError
+from bas_engine.testing import components_to_ldm
 
 from comfy_fixtures import tiny_components, write_tiny_tokenizer
 
@@ -34,7 +35,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
 def test_round_trip_exact(case, tok_dir):
     comps = tiny_components(**case)
-    sd = ldm.components_to_ldm(comps)
+    sd = components_to_ldm(comps)
     assert all(k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")) for k in sd)
     back = ldm.components_from_ldm(sd, tok_dir, text_encoder_config=comps.text_encoder.config.to_dict())
     assert back.family == case["family"]
@@ -46,7 +47,7 @@ def test_round_trip_exact(case, tok_dir):
         a, b = back.unet.config[key], comps.unet.config[key]
         assert (list(a) if isinstance(a, (list, tuple)) else a) == (list(b) if isinstance(b, (list, tuple)) else b), key
     # and back again: LDM -> diffusers -> LDM is the identity on the original-layout dict
-    sd2 = ldm.components_to_ldm(back)
+    sd2 = components_to_ldm(back)
     assert sorted(sd) == sorted(sd2)
     for k in sd:
         assert torch.equal(sd[k], sd2[k]), k
@@ -54,7 +55,7 @@ def test_round_trip_exact(case, tok_dir):
 
 def test_forward_equal_after_round_trip(tok_dir):
     comps = tiny_components(family="sd1", levels=2)
-    back = ldm.components_from_ldm(ldm.components_to_ldm(comps), tok_dir)
+    back = ldm.components_from_ldm(components_to_ldm(comps), tok_dir)
     torch.manual_seed(0)
     x, t, ctx = torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.randn(1, 77, 64)
     with torch.no_grad():
@@ -79,7 +80,7 @@ def test_unet_key_map_matches_diffusers_helper():
 
 def test_unet_config_from_weights_and_comfy_style_config(tok_dir):
     comps = tiny_components(family="sd1", levels=3, attention_levels=2, layers_per_block=2)
-    sd = ldm.components_to_ldm(comps)
+    sd = components_to_ldm(comps)
     unet_sd = {k[len("model.diffusion_model."):]: v for k, v in sd.items() if k.startswith("model.diffusion_model.")}
     cfg = ldm.ldm_unet_config_from_weights(unet_sd)
     assert cfg["model_channels"] == 32 and cfg["channel_mult"] == [1, 2, 2]
@@ -127,20 +128,22 @@ def test_sd_configs_without_weights():
 
 
 def test_text_encoder_maps():
+    from bas_engine.families import SD1, SD2
+
     comps = tiny_components(family="sd1")
-    m = ldm.diffusers_to_comfy_clip_keys(comps.text_encoder, "sd1")
+    m = ldm.diffusers_to_comfy_clip_keys(comps.text_encoder, SD1.text_encoders[0])
     assert m["embeddings.token_embedding.weight"] == "clip_l.transformer.text_model.embeddings.token_embedding.weight"
-    assert ldm.diffusers_to_comfy_clip_keys(["encoder.layers.0.mlp.fc1.weight"], "sd2") == {
+    assert ldm.diffusers_to_comfy_clip_keys(["encoder.layers.0.mlp.fc1.weight"], SD2.text_encoders[0]) == {
         "encoder.layers.0.mlp.fc1.weight": "clip_h.transformer.text_model.encoder.layers.0.mlp.fc1.weight"}
-    assert ldm.diffusers_to_ldm_text_encoder_keys(["final_layer_norm.bias"]) == {
-        "final_layer_norm.bias": "cond_stage_model.transformer.text_model.final_layer_norm.bias"}
+    checkpoint = components_to_ldm(comps)
+    assert "cond_stage_model.transformer.text_model.final_layer_norm.bias" in checkpoint
 
 
 def test_single_file_and_errors(tmp_path, tok_dir):
     from safetensors.torch import save_file
 
     comps = tiny_components(family="sd2", prediction_type="v_prediction")
-    sd = ldm.components_to_ldm(comps, dtype=torch.float16)
+    sd = components_to_ldm(comps, dtype=torch.float16)
     path = tmp_path / "m.safetensors"
     save_file(sd, str(path))
     eps = ldm.load_single_file(str(path), tok_dir)
@@ -165,7 +168,7 @@ def test_trainable_when_built_inside_inference_mode(tok_dir):
     """ComfyUI runs nodes under torch.inference_mode(): the built modules must still be trainable."""
     comps = tiny_components(family="sd1")
     with torch.inference_mode():
-        sd = ldm.components_to_ldm(comps)
+        sd = components_to_ldm(comps)
         back = ldm.components_from_ldm(sd, tok_dir)
     assert not any(p.is_inference() for p in back.unet.parameters())
     assert not any(p.is_inference() for p in back.text_encoder.parameters())

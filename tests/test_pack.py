@@ -132,7 +132,7 @@ def test_token_for():
 def test_text_encoder_keys_are_canonical_and_resolve_in_both_transformers_layouts(pack, components):
     from torch import nn
 
-    from bas_engine.models import text_encoder_part
+    from bas_engine.components import text_encoder_part
 
     te_keys = [k for k in pack.lora if k.startswith("text_encoder.")]
     assert te_keys and not any(".text_model." in k for k in te_keys)

@@ -145,7 +145,7 @@ def test_key_maps_match_comfy(loaded):
     comfy_unet = set(loaded.base.state_dict())
     assert {"diffusion_model." + v for v in ours.values()} == {k for k in comfy_unet if k.startswith("diffusion_model.")}
     clip_keys = set(loaded.clip.patcher.model.state_dict())
-    te_map = ldm.diffusers_to_comfy_clip_keys(comps.text_encoder, comps.family)
+    te_map = ldm.diffusers_to_comfy_clip_keys(comps.text_encoder, comps.spec.text_encoders[0])
     assert set(te_map.values()) <= clip_keys
 
 
@@ -161,7 +161,7 @@ def test_add_patches_with_mapped_keys(loaded):
     g = torch.Generator().manual_seed(2)
     deltas = {n: 0.05 * torch.randn(comps.unet.state_dict()[n].shape, generator=g) for n in names}
     te_names = ["encoder.layers.0.self_attn.q_proj.weight", "embeddings.token_embedding.weight"]
-    te_map = ldm.diffusers_to_comfy_clip_keys(te_names, comps.family)
+    te_map = ldm.diffusers_to_comfy_clip_keys(te_names, comps.spec.text_encoders[0])
     te_deltas = {n: 0.05 * torch.randn(comps.text_encoder.state_dict()[n].shape, generator=g) for n in te_names}
 
     m = loaded.model.clone()

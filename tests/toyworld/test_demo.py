@@ -19,7 +19,7 @@ def toy():
 
 
 def test_committed_model_loads_through_the_engine(toy):
-    from bas_engine.models import model_fingerprint
+    from bas_engine.components import model_fingerprint
     from bas_toyworld.model import weights_size_mb
 
     assert (DEFAULT_MODEL / "model_index.json").is_file()

@@ -1,0 +1,95 @@
+"""The diffusers/transformers modules of one model, and what is read off them (family, fingerprint, names)."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from .errors import ModelError
+from .families import SD1, Family, family_for_unet, get_family, supported_labels
+
+
+@dataclass
+class SDComponents:
+    """One Stable-Diffusion-family model as diffusers/transformers modules."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    noise_scheduler: DDPMScheduler
+    family: str
+
+    @property
+    def spec(self) -> Family:
+        """The family's entry in the family table."""
+        return get_family(self.family)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.noise_scheduler.config.prediction_type
+
+    @property
+    def encoder_name(self) -> str:
+        return self.spec.text_encoders[0].name
+
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.unet)
+
+
+def canonical_text_encoder_name(name: str) -> str:
+    """Parameter/module names of CLIPTextModel as packs store them: without transformers 4's `text_model.`."""
+    return name.removeprefix("text_model.")
+
+
+def text_encoder_part(text_encoder: torch.nn.Module, name: str, parameter: bool = False):
+    """The submodule (or parameter) of a CLIPTextModel by canonical name, in transformers 4 or 5 layout."""
+    getter = text_encoder.get_parameter if parameter else text_encoder.get_submodule
+    try:
+        return getter(name)
+    except AttributeError:
+        return getter("text_model." + name)
+
+
+def detect_family(unet: UNet2DConditionModel) -> str:
+    """Name the model family from the UNet's cross-attention width and extra conditioning.
+
+    Small test models with another width and no extra conditioning are SD1-like (one CLIP text encoder).
+    """
+    context = unet.config.cross_attention_dim
+    if isinstance(context, (list, tuple)):
+        context = context[0]
+    extra = getattr(unet.config, "addition_embed_type", None)
+    family = family_for_unet(int(context), extra)
+    if family is not None:
+        return family.key
+    if extra is None:
+        return SD1.key
+    raise ModelError(f"this UNet takes extra conditioning {extra!r} (cross-attention width {context}); "
+                     f"Break-A-Scene here supports {supported_labels()}")
+
+
+def model_fingerprint(unet: torch.nn.Module | Mapping[str, torch.Tensor], samples: int = 4096) -> str:
+    """A short hash of the base UNet weights, independent of dtype, device and parameter names.
+
+    Each tensor contributes its shape and a strided sample of its values rounded to fp16; the per-tensor
+    digests are sorted before hashing, so the same weights give the same fingerprint whether they sit in
+    a diffusers UNet (fp32) or in ComfyUI's LDM-keyed model (often fp16). Only the UNet is hashed: the
+    text encoders' layouts differ between formats (OpenCLIP's fused qkv), and a fine-tune changes the UNet.
+    """
+    state = unet.state_dict() if isinstance(unet, torch.nn.Module) else unet
+    digests = []
+    for tensor in state.values():
+        if not torch.is_tensor(tensor) or not tensor.is_floating_point():
+            continue
+        flat = tensor.detach().reshape(-1)
+        stride = max(1, flat.numel() // samples)
+        sample = flat[::stride][:samples].to("cpu", torch.float16)
+        digest = hashlib.sha256(str(tuple(tensor.shape)).encode())
+        digest.update(sample.numpy().tobytes())
+        digests.append(digest.hexdigest())
+    return hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()[:16]
