@@ -1,19 +1,24 @@
-"""In-process ComfyUI setup shared by the node tests (tests/comfy/test_nodes*.py).
+"""The one guard of the ComfyUI tests, and the in-process ComfyUI setup shared by tests/comfy/test_nodes*.py.
 
-Needs a ComfyUI checkout in COMFYUI_PATH and its interpreter, e.g.
+Every module here runs against a real ComfyUI: the checkout in COMFYUI_PATH (default: ../shared/comfyui beside
+this clone, the pinned tree), run with its own interpreter, e.g.
 
-    COMFYUI_PATH=/work/comfyui /work/comfyui/.venv/bin/python -m pytest -q tests/comfy/test_nodes.py
+    COMFYUI_PATH=/work/shared/comfyui /work/comfyui-venv/bin/python -m pytest -q tests/comfy/test_nodes.py
 
-Without it, the test modules skip themselves with the reason (they check COMFYUI_PATH and that ComfyUI
-imports). Helpers are fixtures: ``bas`` (the pack loaded by ComfyUI's loader), ``run_node``,
-``checkpoint_path``, ``comfy_dirs``. Every model folder
-ComfyUI would write to (break_a_scene, loras, embeddings, temp, output) is pointed at a temporary folder, so
-nothing lands in the ComfyUI checkout.
+When something a module needs is missing (the checkout, an interpreter that imports ComfyUI, the shared test
+scenes, Chromium and playwright-core for the browser tests), the module is skipped with the reason, or, with
+BAS_REQUIRE_COMFYUI=1 (set by .ci/run), it fails: in CI these tests must run. The check is here once
+(``pytest_pycollect_makemodule``), not in each module.
+
+Fixtures for the in-process tests: ``bas`` (the pack loaded by ComfyUI's loader), ``run_node``,
+``checkpoint_path``, ``comfy_dirs``. Every model folder ComfyUI would write to (break_a_scene, loras,
+embeddings, temp, output) is pointed at a temporary folder, so nothing lands in the ComfyUI checkout.
 """
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
 from types import SimpleNamespace
 
@@ -21,21 +26,27 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+SHARED = os.path.normpath(os.path.join(REPO, "..", "shared"))
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH") or os.path.join(SHARED, "comfyui")
+os.environ.setdefault("COMFYUI_PATH", COMFYUI_PATH)     # the test modules and the server harness read it
+SCENES = os.environ.get("BAS_SHARED_SCENES") or os.path.join(SHARED, "scenes")
+#: set by .ci/run: a missing requirement fails the run instead of skipping the module
+REQUIRED = os.environ.get("BAS_REQUIRE_COMFYUI", "") not in ("", "0")
+CHROMIUM = os.environ.get("BAS_CHROMIUM", "/usr/bin/chromium")
+PLAYWRIGHT = os.path.join(TESTS, "browser", "node_modules", "playwright-core", "package.json")
 
 NODE_IDS = ["MaskedConceptLoader", "BreakASceneTrainer", "ConceptPackLoader", "HandleInjector",
             "ConceptPromptEncoder", "ConceptPackExport"]
 
 
-def _skip_reason() -> str | None:
-    if not COMFYUI_PATH:
-        return "COMFYUI_PATH is not set: the node tests run inside a real ComfyUI checkout"
+def _comfy_reason() -> str | None:
     if not os.path.isfile(os.path.join(COMFYUI_PATH, "comfy", "sd.py")):
-        return f"COMFYUI_PATH={COMFYUI_PATH!r} is not a ComfyUI checkout"
+        return (f"no ComfyUI checkout at COMFYUI_PATH={COMFYUI_PATH!r} (set COMFYUI_PATH, or put the pinned tree at "
+                "../shared/comfyui)")
     return None
 
 
-SKIP_REASON = _skip_reason()
+SKIP_REASON = _comfy_reason()
 
 if SKIP_REASON is None:
     # ComfyUI first: its top-level `nodes` module must win over this repository's `nodes/` package.
@@ -48,13 +59,69 @@ if SKIP_REASON is None:
     try:
         import torch
 
+        import aiohttp  # noqa: F401  (ComfyUI's server library; the websocket client of the server tests)
         import utils.extra_config  # noqa: F401  (ComfyUI's utils/ package, before anything shadows `utils`)
         import comfy.cli_args
 
         comfy.cli_args.args.cpu = comfy.cli_args.args.cpu or not torch.cuda.is_available()
         import comfy.model_management  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - wrong interpreter
-        SKIP_REASON = f"ComfyUI cannot be imported with this interpreter ({exc}); use ComfyUI's venv python"
+    except ImportError as exc:  # wrong interpreter
+        SKIP_REASON = (f"ComfyUI cannot be imported with {sys.executable} ({exc}); run these tests with ComfyUI's "
+                       "venv python (../shared/tools/comfyui-venv VENV_DIR builds it)")
+
+
+def _scenes_reason() -> str | None:
+    if not os.path.isdir(os.path.join(SCENES, "creature")):
+        return f"the shared test scenes are missing ({SCENES}/creature; set BAS_SHARED_SCENES)"
+    return None
+
+
+def _browser_reason() -> str | None:
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium; or set BAS_CHROMIUM)"
+    if shutil.which("node") is None:
+        return "no node on PATH (the browser tests drive Chromium with playwright-core from node)"
+    if not os.path.isfile(PLAYWRIGHT):
+        return "playwright-core is not installed (cd tests/browser && npm install)"
+    return None
+
+
+#: what each module needs beyond ComfyUI itself
+EXTRA_NEEDS = {"test_server.py": (_scenes_reason,), "test_browser.py": (_scenes_reason, _browser_reason)}
+
+
+def unavailable_reason(module_name: str) -> str | None:
+    """Why the ComfyUI test module `module_name` cannot run here (None: it can)."""
+    if SKIP_REASON is not None:
+        return SKIP_REASON
+    for check in EXTRA_NEEDS.get(module_name, ()):
+        reason = check()
+        if reason:
+            return reason
+    return None
+
+
+class _UnavailableModule(pytest.Module):
+    """A test module whose requirements are missing: skipped with the reason, or an error when required."""
+
+    reason = ""
+
+    def collect(self):
+        if REQUIRED:
+            pytest.fail(f"{self.reason} (BAS_REQUIRE_COMFYUI is set: the ComfyUI tests must run here)",
+                        pytrace=False)
+        pytest.skip(self.reason)
+
+
+def pytest_pycollect_makemodule(module_path, parent):
+    if not module_path.name.startswith("test_"):
+        return None
+    reason = unavailable_reason(module_path.name)
+    if reason is None:
+        return None
+    module = _UnavailableModule.from_parent(parent, path=module_path)
+    module.reason = reason
+    return module
 
 
 @pytest.fixture(scope="session")

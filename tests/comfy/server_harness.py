@@ -9,22 +9,21 @@ ComfyUI's venv).  Contents:
 - ``ui_to_api``: convert a frontend workflow (example_workflows/*.json, format version 0.4) into the API format
   that POST /prompt takes, using the server's /object_info for the widget order; ``api_problems`` checks an
   API graph against /object_info (node types, required inputs, link targets and types).
-- ``WebSocket``: a minimal RFC 6455 client (standard library only) for ws://host:port/ws?clientId=...
+- ``WebSocket``: a blocking client for ws://host:port/ws?clientId=... on aiohttp (in ComfyUI's venv)
 - fixture builders: the cached random-weight SD checkpoints (same cache and names as
   tests/comfy/test_comfy_convert.py) and a random-weight SD1.5-shaped ControlNet in the original
   (ldm "zero_convs"/"input_hint_block") format that ComfyUI's ControlNetLoader detects as SD15.
 """
 from __future__ import annotations
 
+import asyncio
 import atexit
-import base64
 import copy
 import json
 import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -409,90 +408,58 @@ def nodes_of(api: dict, class_type: str) -> list[dict]:
 # ------------------------------------------------------------------------------------------ websocket
 
 class WebSocket:
-    """Minimal websocket client: text frames -> dict (JSON), binary frames -> bytes."""
+    """Client of ComfyUI's /ws on aiohttp (ComfyUI's own HTTP library, so it is in ComfyUI's venv), used from
+    synchronous test code through a private event loop: text frames -> dict (JSON), binary frames -> bytes."""
 
     def __init__(self, host: str, port: int, path: str, timeout: float = 30.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        key = base64.b64encode(os.urandom(16)).decode()
-        request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
-        self.sock.sendall(request.encode())
-        self.buffer = b""
-        while b"\r\n\r\n" not in self.buffer:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise ConnectionError("websocket handshake: connection closed")
-            self.buffer += chunk
-        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-        if b" 101 " not in head.split(b"\r\n", 1)[0]:
-            raise ConnectionError(f"websocket handshake refused: {head[:200]!r}")
+        import aiohttp
+
+        self._aiohttp = aiohttp
+        self._loop = asyncio.new_event_loop()
         self.closed = False
 
-    def _read(self, n: int) -> bytes:
-        while len(self.buffer) < n:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("websocket closed by the server")
-            self.buffer += chunk
-        data, self.buffer = self.buffer[:n], self.buffer[n:]
-        return data
+        async def connect():
+            session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout))
+            try:
+                return session, await session.ws_connect(f"http://{host}:{port}{path}", heartbeat=None,
+                                                         max_msg_size=0)
+            except BaseException:
+                await session.close()
+                raise
 
-    def _send(self, opcode: int, payload: bytes = b"") -> None:
-        mask = os.urandom(4)
-        header = bytes([0x80 | opcode])
-        n = len(payload)
-        if n < 126:
-            header += bytes([0x80 | n])
-        elif n < 65536:
-            header += bytes([0x80 | 126]) + struct.pack(">H", n)
-        else:
-            header += bytes([0x80 | 127]) + struct.pack(">Q", n)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(header + mask + masked)
+        try:
+            self._session, self._ws = self._loop.run_until_complete(connect())
+        except aiohttp.ClientError as exc:
+            self._loop.close()
+            raise ConnectionError(f"websocket {path}: {exc}") from exc
 
     def recv(self, timeout: float | None = None):
         """Next message: dict for a JSON text frame, bytes for a binary frame, None on timeout."""
-        self.sock.settimeout(timeout)
-        message, message_opcode = b"", None
+        kind = self._aiohttp.WSMsgType
         try:
-            while True:
-                b0, b1 = self._read(2)
-                fin, opcode = b0 & 0x80, b0 & 0x0F
-                n = b1 & 0x7F
-                if n == 126:
-                    n = struct.unpack(">H", self._read(2))[0]
-                elif n == 127:
-                    n = struct.unpack(">Q", self._read(8))[0]
-                mask = self._read(4) if b1 & 0x80 else None
-                payload = self._read(n)
-                if mask:
-                    payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-                if opcode == 0x9:                       # ping
-                    self._send(0xA, payload)
-                    continue
-                if opcode == 0xA:
-                    continue
-                if opcode == 0x8:
-                    self.closed = True
-                    raise ConnectionError("websocket closed by the server")
-                if opcode in (0x1, 0x2):
-                    message_opcode, message = opcode, payload
-                else:                                   # continuation
-                    message += payload
-                if fin:
-                    break
-        except socket.timeout:
+            message = self._loop.run_until_complete(self._ws.receive(timeout=timeout))
+        except asyncio.TimeoutError:
             return None
-        return json.loads(message.decode()) if message_opcode == 0x1 else message
+        if message.type == kind.TEXT:
+            return json.loads(message.data)
+        if message.type == kind.BINARY:
+            return message.data
+        self.closed = True
+        raise ConnectionError(f"websocket closed by the server ({message.type.name})")
 
     def close(self) -> None:
-        if not self.closed:
-            try:
-                self._send(0x8, struct.pack(">H", 1000))
-            except OSError:
-                pass
+        async def shutdown():
+            if not self._ws.closed:
+                await self._ws.close()
+            await self._session.close()
+
+        if self._loop.is_closed():
+            return
+        try:
+            self._loop.run_until_complete(shutdown())
+        finally:
             self.closed = True
-        self.sock.close()
+            self._loop.close()
 
 
 # ------------------------------------------------------------------------------------------ server
@@ -523,7 +490,9 @@ class ComfyServer:
                  checkpoints: dict[str, str] | None = None, controlnets: dict[str, str] | None = None,
                  extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None):
         self.comfy_path = os.path.abspath(comfy_path)
-        self.python = python or os.path.join(self.comfy_path, ".venv", "bin", "python")
+        # The tests run with ComfyUI's interpreter (tests/comfy/conftest.py checks it imports ComfyUI): the server
+        # uses the same one unless COMFYUI_PYTHON names another.
+        self.python = python or os.environ.get("COMFYUI_PYTHON") or sys.executable
         self._own_base = base_dir is None
         self.base = base_dir or tempfile.mkdtemp(prefix="bas-comfy-")
         self.port = free_port()

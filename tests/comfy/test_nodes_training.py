@@ -4,7 +4,7 @@ and parity of the Handle Injector / Concept Prompt Encoder with the engine and w
 Uses the random-weight SD1.5-shaped checkpoint with three UNet levels (cross-attention at 1/4 of the latent
 resolution), 64 px, 2 + 2 steps; and the SD2-v fixture for the wrong-family errors.
 
-    COMFYUI_PATH=/work/comfyui /work/comfyui/.venv/bin/python -m pytest -q tests/comfy/test_nodes_training.py
+    COMFYUI_PATH=/work/shared/comfyui /work/comfyui-venv/bin/python -m pytest -q tests/comfy/test_nodes_training.py
 """
 from __future__ import annotations
 
@@ -17,11 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
-if not COMFYUI_PATH or not os.path.isfile(os.path.join(COMFYUI_PATH, "comfy", "sd.py")):
-    pytest.skip("COMFYUI_PATH is not set to a ComfyUI checkout: the node tests run inside a real ComfyUI",
-                allow_module_level=True)
-pytest.importorskip("comfy.model_management", reason="ComfyUI does not import here; use ComfyUI's venv python")
+COMFYUI_PATH = os.environ["COMFYUI_PATH"]      # checked (or defaulted) by conftest.py, which skips otherwise
 
 import torch  # noqa: E402
 
@@ -495,7 +491,7 @@ def test_sd2_v_lora_pack_matches_engine(bas, run_node, sd2, comfy_dirs):
 
 def test_sd1_pack_on_sd2_model(bas, run_node, sd2, trained, sd15, scene):
     concepts = trained.out.args[0]
-    with pytest.raises(ValueError, match=r"^concepts: concept pack was trained on an SD1.x model, but the model given "
+    with pytest.raises(ValueError, match=r"^concepts: concept pack .*was trained on an SD1.x model, but the model given "
                                          r"is SD2.x$"):
         run_node(bas.classes["HandleInjector"], model=sd2.model, clip=sd2.clip, concepts=concepts,
                  strength_model=1.0, strength_clip=1.0)
