@@ -150,6 +150,53 @@ def check_compatible(pack: ConceptPack, family: str, fingerprint: str | None = N
     return warnings
 
 
+def read_pack_meta(path: str | os.PathLike) -> dict:
+    """A pack's header (tokens, names, mode, fingerprints, settings, losses) without reading its tensors.
+
+    Cheap even for full-mode packs of several GB: only the safetensors header is read.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise PackError(f"concept pack {path!r} does not exist")
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise PackError(f"concept pack {path!r} is truncated or not a safetensors file ({exc})") from exc
+    if metadata.get("format") != FORMAT_NAME or metadata.get("format_version") != str(FORMAT_VERSION):
+        raise PackError(f"{path!r} is not a concept pack of format version {FORMAT_VERSION}")
+    try:
+        return json.loads(metadata["bas"])
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise PackError(f"concept pack {path!r} has damaged metadata ({exc})") from exc
+
+
+def settings_differences(stored: dict, config) -> list[str]:
+    """Names of the result-changing TrainConfig settings in which a pack's stored settings differ from `config`."""
+    from .config import RESULT_SETTINGS
+
+    ours = json.loads(json.dumps(config.to_dict()))     # as the pack stores them (tuples become lists)
+    return [k for k in RESULT_SETTINGS if stored.get(k) != ours.get(k)]
+
+
+def pack_mismatch(meta: dict, fingerprint: str, scene_fingerprint: str, config) -> list[str]:
+    """Why a saved pack is not this run's result (empty list: it is, so training can be skipped).
+
+    `meta` is `ConceptPack.meta` or `read_pack_meta(path)`; `fingerprint` the base model's
+    (`SDComponents.fingerprint()`), `scene_fingerprint` the scene's (`Scene.fingerprint()`). The one rule
+    for reusing a pack, shared by `bas batch` and the ComfyUI trainer's cache.
+    """
+    reasons = []
+    if meta.get("fingerprint") != fingerprint:
+        reasons.append("other model weights")
+    if meta.get("scene_fingerprint") != scene_fingerprint:
+        reasons.append("another scene (image, masks, names or initializers)")
+    changed = settings_differences(meta.get("settings") or {}, config)
+    if changed:
+        reasons.append("other settings (" + ", ".join(changed) + ")")
+    return reasons
+
+
 def _kohya_name(prefix: str, path: str) -> str:
     return f"{prefix}_{path.replace('.', '_')}"
 
