@@ -53,26 +53,27 @@ class Handles:
     def __init__(self, tokenizer: CLIPTokenizer, text_encoder: nn.Module, tokens: Sequence[str],
                  initializers: Sequence[str | None]):
         if len(tokens) != len(initializers):
-            raise InputError(f"tokens: {len(tokens)} tokens for {len(initializers)} initializers")
+            raise InputError(f"tokens: {len(tokens)} tokens for {len(initializers)} initializers", field="tokens")
         if len(set(tokens)) != len(tokens):
-            raise InputError(f"tokens: handle tokens must be distinct, got {list(tokens)}")
+            raise InputError(f"tokens: handle tokens must be distinct, got {list(tokens)}", field="tokens")
         vocab = tokenizer.get_vocab()
         for token in tokens:
             # CLIP's vocabulary spells whole words with an end-of-word mark ("photo</w>").
             if any(t in vocab for t in (token, token.lower(), token.lower() + "</w>")):
-                raise InputError(f"tokens: {token!r} is already a word of the tokenizer; choose another handle")
+                raise InputError(f"tokens: {token!r} is already a word of the tokenizer; choose another handle",
+                                 field="tokens")
         self.tokens = list(tokens)
         self.text_encoder = text_encoder
         self.base_embedding: nn.Embedding = text_encoder.get_input_embeddings()
         self.tokenizer = copy.deepcopy(tokenizer)
         added = self.tokenizer.add_tokens(self.tokens)
         if added != len(self.tokens):
-            raise InputError(f"tokens: could not add {self.tokens} to the tokenizer")
+            raise InputError(f"tokens: could not add {self.tokens} to the tokenizer", field="tokens")
         self.token_ids = self.tokenizer.convert_tokens_to_ids(self.tokens)
         base_count = self.base_embedding.num_embeddings
         if self.token_ids != list(range(base_count, base_count + len(self.tokens))):
             raise InputError("tokens: the tokenizer's vocabulary does not match the text encoder's embedding size "
-                             f"({len(tokenizer)} tokens vs {base_count} rows)")
+                             f"({len(tokenizer)} tokens vs {base_count} rows)", field="tokens")
         vectors = torch.stack([self.initial_vector(word) for word in initializers])
         self.embedding = HandleEmbedding(self.base_embedding, vectors)
 
@@ -82,7 +83,7 @@ class Handles:
         ids = self.tokenizer(word, add_special_tokens=False).input_ids
         ids = [i for i in ids if i < self.base_embedding.num_embeddings]
         if not ids:
-            raise InputError(f"initializers: {word!r} does not tokenize to any known token")
+            raise InputError(f"initializers: {word!r} does not tokenize to any known token", field="initializers")
         with torch.no_grad():
             return self.base_embedding.weight[ids].float().mean(0).cpu()
 

@@ -5,7 +5,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -16,7 +16,9 @@ from .fileio import save_safetensors_atomic
 
 FORMAT_NAME = "break-a-scene-concept-pack"
 FORMAT_VERSION = 1
-_HANDLE_RE = re.compile(r"<[A-Za-z0-9_\-]+>")
+#: a handle in a prompt: a token or a concept name in angle brackets, "<asset0>" or "<figurine>" (the one
+#: handle syntax of the CLI, the Python API and the nodes; other text in angle brackets is left alone)
+HANDLE_RE = re.compile(r"<[A-Za-z0-9_\-]+>")
 
 
 @dataclass
@@ -48,14 +50,16 @@ class ConceptPack:
             if bare in (token.strip("<>"), name):
                 return token
         known = ", ".join(f"{t} ({n})" for t, n in zip(self.tokens, self.names))
-        raise PackError(f"unknown handle {handle!r}; this pack knows {known}")
+        raise PackError(f"unknown handle {handle!r}; this pack knows {known}", field="prompt")
 
-    def rewrite_prompt(self, prompt: str) -> str:
-        """Write every `<handle>` of the prompt as the pack's token: `<figurine>` -> `<asset0>`.
+    def rewrite_prompt(self, prompt: str, spell: Callable[[str], str] | None = None) -> str:
+        """Write every handle of the prompt (``HANDLE_RE``) as ``spell(token)``, by default the pack's token:
+        `<figurine>` -> `<asset0>`.
 
-        Anything in angle brackets that is not a handle of this pack is an error listing the known ones.
+        A handle that is not one of this pack's is a PackError (field "prompt") listing the known ones.
         """
-        return _HANDLE_RE.sub(lambda m: self.token_for(m.group(0)), prompt)
+        spell = spell or (lambda token: token)
+        return HANDLE_RE.sub(lambda m: spell(self.token_for(m.group(0))), prompt)
 
 
 def save_pack(pack: ConceptPack, path: str | os.PathLike) -> None:

@@ -13,7 +13,7 @@ PACK_FOLDER = "break_a_scene"
 PACK_EXTENSIONS = {".safetensors"}
 
 # The family table is plain data (no diffusers): ComfyUI's class names, CLIP module names and labels per family.
-from ..bas_engine.families import family_for_comfy_config, get_family, supported_labels  # noqa: E402
+from ..bas_engine.families import FAMILIES, family_for_comfy_config, get_family, supported_labels  # noqa: E402
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 
@@ -23,8 +23,15 @@ class UserError(ValueError):
 
 
 def user_error(what: str, exc: BaseException) -> UserError:
-    """Wrap an engine error (BASError) so the message names the node input it concerns."""
+    """Wrap an engine error (BASError) so the message starts with the node input `what` it concerns.
+
+    The engine's messages start with its own name of the input (its ``field``, e.g. "names:"); the node's
+    name of that input ("concept_names:") takes its place.
+    """
     message = str(exc)
+    field = getattr(exc, "field", None)
+    if field and field != what and message.startswith(f"{field}:"):
+        message = message[len(field) + 1:].lstrip()
     return UserError(message if message.startswith(f"{what}:") else f"{what}: {message}")
 
 
@@ -89,7 +96,8 @@ def model_family(model, what: str = "model") -> str:
     name = type(config).__name__ if config is not None else type(base).__name__
     family = family_for_comfy_config(name)
     if family is None:
-        raise UserError(f"{what}: this is a {name} model; Break-A-Scene supports {supported_labels()} checkpoints only")
+        supported = " and ".join(f"{f.label} ({'/'.join(f.comfy_model_configs)})" for f in FAMILIES.values())
+        raise UserError(f"{what}: this is a {name} model; Break-A-Scene supports {supported} checkpoints only")
     prediction_type(model, what)
     return family.key
 

@@ -1,37 +1,28 @@
 """ConceptPromptEncoder: CLIPTextEncode that understands <asset0> / <concept name>."""
 from __future__ import annotations
 
-import re
-
 from comfy_api.latest import io
 
-from .common import CATEGORY, UserError, clip_encoder
+from .common import CATEGORY, UserError, clip_encoder, user_error
 from .inject import has_handles, install_handles
 from .types import Concepts, ConceptsType
-
-HANDLE_RE = re.compile(r"<([^<>\s]+)>")
 
 
 def rewrite_prompt(text: str, concepts: Concepts) -> str:
     """Write every <asset0> / <concept name> as ' embedding:<pack>_<concept> ' (ComfyUI's embedding syntax).
 
-    The spaces around it keep ComfyUI's tokenizer seeing the embedding as its own word (it only recognises
+    The handle syntax and the unknown-handle error are the engine's (``ConceptPack.rewrite_prompt``). The
+    spaces around the embedding keep ComfyUI's tokenizer seeing it as its own word (it only recognises
     'embedding:' at the start or after a space) and do not change CLIP's tokens; weights such as
     (<asset0>:1.2) keep working.
     """
     from ..bas_engine.errors import BASError
 
-    pack = concepts.pack
-    stems = dict(zip(pack.tokens, concepts.stems()))
-
-    def replace(match: re.Match) -> str:
-        try:
-            token = pack.token_for(match.group(0))
-        except BASError as exc:
-            raise UserError(f"text: {exc}") from exc
-        return f" embedding:{stems[token]} "
-
-    return HANDLE_RE.sub(replace, text or "")
+    stems = dict(zip(concepts.pack.tokens, concepts.stems()))
+    try:
+        return concepts.pack.rewrite_prompt(text or "", lambda token: f" embedding:{stems[token]} ")
+    except BASError as exc:
+        raise user_error("text", exc) from exc
 
 
 def encode(clip, concepts: Concepts, text: str):

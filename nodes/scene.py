@@ -16,10 +16,6 @@ EMPTY_MASK_HINT = (
     "the concept with LoadImage's mask editor.")
 
 
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in (text or "").split(",")]
-
-
 def _as_masks(value, what: str, single: bool) -> list[tuple[str, torch.Tensor]]:
     """A ComfyUI MASK ((B, H, W) or (H, W)) -> [(label, (H, W) tensor)]."""
     if not torch.is_tensor(value):
@@ -38,10 +34,18 @@ def _as_masks(value, what: str, single: bool) -> list[tuple[str, torch.Tensor]]:
     return [(f"{what}[{i}]", value[i]) for i in range(value.shape[0])]
 
 
+#: engine scene fields -> this node's inputs (the engine's error carries the field as data)
+_INPUT_OF_FIELD = {"image": "image", "names": "concept_names", "initializers": "initializers"}
+
+
 def build_scene(image, concept_names: str, initializers: str, masks=None, separate: dict | None = None):
-    """Validate the node's inputs and build a bas_engine Scene (normal tensors, usable for training)."""
+    """Turn the node's inputs into a bas_engine Scene (normal tensors, usable for training).
+
+    Only ComfyUI's shapes are checked here; every rule of a scene (masks not empty, values in [0, 1], names and
+    initializers one per mask) is the engine's ``load_scene``.
+    """
     from ..bas_engine.errors import BASError
-    from ..bas_engine.scene import load_scene
+    from ..bas_engine.scene import is_empty_mask, load_scene, split_list
 
     if not torch.is_tensor(image):
         raise UserError(f"image: expected an IMAGE, got {type(image).__name__}")
@@ -61,42 +65,18 @@ def build_scene(image, concept_names: str, initializers: str, masks=None, separa
             entries += _as_masks(value, f"mask_{i}", single=True)
     if not entries:
         raise UserError("masks: connect one mask per concept (the 'masks' batch and/or mask_0 ... mask_7)")
-    for label, mask in entries:
-        if float(mask.max()) <= 1e-3:
-            raise UserError(f"{label}: the mask is empty (all zero); paint the concept's region white. "
-                            + EMPTY_MASK_HINT)
-        if float(mask.min()) < -1e-3 or float(mask.max()) > 1 + 1e-3:
-            raise UserError(f"{label}: mask values must lie in [0, 1]")
-
-    count = len(entries)
-    names = None
-    if (concept_names or "").strip():
-        names = _split(concept_names)
-        if len(names) != count:
-            raise UserError(f"concept_names: {len(names)} names for {count} masks "
-                            f"({', '.join(label for label, _ in entries)}); give one name per mask, in order")
-        for name in names:
-            if not name:
-                raise UserError("concept_names: an entry is empty; give every concept a name or leave the whole "
-                                "field empty (asset0, asset1, ...)")
-    inits = None
-    if (initializers or "").strip():
-        inits = [word or None for word in _split(initializers)]
-        if len(inits) != count:
-            raise UserError(f"initializers: {len(inits)} entries for {count} masks; give one per mask, "
-                            "in order (an empty entry means none, e.g. 'cat,,bowl')")
 
     with torch.inference_mode(False):       # nodes run in inference mode; the scene must be trainable later
         pixels = image[0, :, :, :3].detach().to("cpu", torch.float32).clone().permute(2, 0, 1).contiguous()
         mask_list = [mask.detach().to("cpu", torch.float32).clone() for _, mask in entries]
         try:
-            return load_scene(pixels, mask_list, names, inits)
+            return load_scene(pixels, mask_list, split_list(concept_names), split_list(initializers),
+                              mask_labels=[label for label, _ in entries])
         except BASError as exc:
-            message = str(exc)
-            if message.startswith("names:"):
-                raise UserError("concept_names:" + message[len("names:"):]) from exc
-            raise user_error("initializers" if message.startswith("initializers:") else "Masked Concept Loader",
-                             exc) from exc
+            if exc.field == "masks" and exc.item is not None:
+                hint = f" {EMPTY_MASK_HINT}" if is_empty_mask(mask_list[exc.item]) else ""
+                raise UserError(f"{exc}{hint}") from exc
+            raise user_error(_INPUT_OF_FIELD.get(exc.field, "Masked Concept Loader"), exc) from exc
 
 
 def scene_labels(scene) -> list[str]:

@@ -26,23 +26,54 @@ PREVIEW_SIZE = 512          # longest side of the live preview sent to the UI
 PREVIEWS_PER_PHASE = 8      # about this many attention previews per phase (at most one every 50 steps)
 
 
-def make_config(phase1_steps, phase2_steps, phase1_lr, phase2_lr, mode, lora_rank, train_text_encoder,
-                attention_loss_weight, masked_loss, union_sampling, resolution, seed, num_concepts):
-    from ..bas_engine.config import TrainConfig
+#: the TrainConfig fields this node exposes, in this order; defaults, bounds and help text are TrainConfig's
+NODE_SETTINGS = ("phase1_steps", "phase2_steps", "phase1_lr", "phase2_lr", "mode", "lora_rank", "train_text_encoder",
+                 "attention_loss_weight", "masked_loss", "union_sampling", "resolution", "seed")
+#: what only the UI needs: widget steps, and phase 2 being required here (the pack holds its weights)
+SETTING_UI = {"phase1_lr": {"step": 1e-5}, "phase2_lr": {"step": 1e-6}, "attention_loss_weight": {"step": 0.001},
+              "phase2_steps": {"min": 1}}
+
+
+def setting_input(name: str, **ui) -> io.Input:
+    """A node input for a TrainConfig field: its default, bounds and help from TrainConfig, UI steps from `ui`.
+
+    An optional float (None = auto, e.g. phase2_lr) is shown as 0 = auto.
+    """
+    from ..bas_engine.config import TrainConfig, setting_info
+
+    info = setting_info(name)
+    kind = TrainConfig.__dataclass_fields__[name].type
+    tooltip = info["help"][0].upper() + info["help"][1:] + "."
+    default = info["default"]
+    if info["choices"]:
+        return io.Combo.Input(name, options=list(info["choices"]), default=default, tooltip=tooltip)
+    if kind == "bool":
+        return io.Boolean.Input(name, default=default, tooltip=tooltip)
+    bounds = {"min": info["min"], "max": info["max"], **({"step": info["step"]} if info["step"] else {})}
+    bounds.update(ui)
+    if kind == "int":
+        return io.Int.Input(name, default=default, tooltip=tooltip, **bounds)
+    return io.Float.Input(name, default=0.0 if default is None else default, round=False, tooltip=tooltip, **bounds)
+
+
+def make_config(settings: dict, num_concepts: int):
+    """TrainConfig from the node's setting inputs (0 for an optional float means None: auto)."""
+    from ..bas_engine.config import TrainConfig, setting_info
     from ..bas_engine.errors import BASError
 
-    config = TrainConfig(phase1_steps=int(phase1_steps), phase2_steps=int(phase2_steps), phase1_lr=float(phase1_lr),
-                         phase2_lr=float(phase2_lr) if phase2_lr and phase2_lr > 0 else None, mode=mode,
-                         lora_rank=int(lora_rank), train_text_encoder=bool(train_text_encoder),
-                         attention_loss_weight=float(attention_loss_weight), masked_loss=bool(masked_loss),
-                         union_sampling=bool(union_sampling), resolution=int(resolution), seed=int(seed))
+    values = {}
+    for name in NODE_SETTINGS:
+        value = settings.get(name, setting_info(name)["default"])
+        if setting_info(name)["optional"] and not value:
+            value = None
+        values[name] = value
+    config = TrainConfig(**values)
     if config.phase2_steps < 1:
         raise UserError("phase2_steps: must be at least 1 (phase 2 trains the LoRA / weights the pack holds)")
     try:
         config.validate(num_concepts)
     except BASError as exc:
-        name = str(exc).split(" ", 1)[0]
-        raise user_error(name if name in config.to_dict() else "settings", exc) from exc
+        raise user_error(exc.field if exc.field in NODE_SETTINGS else "settings", exc) from exc
     return config
 
 
@@ -215,34 +246,7 @@ class Trainer(io.ComfyNode):
                 io.String.Input("pack_name", default="scene",
                                 tooltip="File name of the pack in models/break_a_scene (letters, digits, _ and -). "
                                         "Also the prefix of the handle embeddings: embedding:<pack_name>_<concept>."),
-                io.Int.Input("phase1_steps", default=400, min=0, max=100000,
-                             tooltip="Phase 1 steps: only the handle embeddings train (paper: 400)."),
-                io.Int.Input("phase2_steps", default=400, min=1, max=100000,
-                             tooltip="Phase 2 steps: handles and denoiser train together (paper: 400)."),
-                io.Float.Input("phase1_lr", default=5e-4, min=0.0, max=1.0, step=1e-5, round=False,
-                               tooltip="Learning rate of the handles in phase 1 (paper: 5e-4)."),
-                io.Float.Input("phase2_lr", default=0.0, min=0.0, max=1.0, step=1e-6, round=False,
-                               tooltip="Learning rate of the denoiser in phase 2; 0 = auto (1e-4 for LoRA, 2e-6 "
-                                       "for full fine-tuning as in the paper)."),
-                io.Combo.Input("mode", options=["lora", "full"], default="lora",
-                               tooltip="lora: low-rank adapters on the attention layers (small pack, exports as a "
-                                       "LoRA). full: fine-tune the whole UNet as the paper does (large pack, "
-                                       "more memory)."),
-                io.Int.Input("lora_rank", default=16, min=1, max=256,
-                             tooltip="Rank of the LoRA adapters (mode lora)."),
-                io.Boolean.Input("train_text_encoder", default=False,
-                                 tooltip="Also adapt the text encoder in phase 2 (LoRA or full)."),
-                io.Float.Input("attention_loss_weight", default=0.01, min=0.0, max=10.0, step=0.001, round=False,
-                               tooltip="Weight of the cross-attention loss that ties each handle to its mask "
-                                       "(paper: 0.01; 0 turns it off)."),
-                io.Boolean.Input("masked_loss", default=True,
-                                 tooltip="Diffusion loss only inside the chosen concepts' masks (paper: on)."),
-                io.Boolean.Input("union_sampling", default=True,
-                                 tooltip="Each step trains a random subset of the concepts together (paper: on)."),
-                io.Int.Input("resolution", default=512, min=64, max=2048, step=64,
-                             tooltip="Training resolution (about resolution² pixels; the aspect ratio is kept)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
-                             tooltip="Seed of the training run (noise, timesteps, concept subsets, flips)."),
+                *(setting_input(name, **SETTING_UI.get(name, {})) for name in NODE_SETTINGS),
                 io.Boolean.Input("retrain", default=False,
                                  tooltip="Train even if the pack exists, and overwrite it. Off: a saved pack of "
                                          "the same model, scene and settings is loaded; a different one with this "
@@ -257,11 +261,8 @@ class Trainer(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, vae, scene, pack_name: str = "scene", phase1_steps: int = 400,
-                phase2_steps: int = 400, phase1_lr: float = 5e-4, phase2_lr: float = 0.0, mode: str = "lora",
-                lora_rank: int = 16, train_text_encoder: bool = False, attention_loss_weight: float = 0.01,
-                masked_loss: bool = True, union_sampling: bool = True, resolution: int = 512, seed: int = 0,
-                retrain: bool = False) -> io.NodeOutput:
+    def execute(cls, model, clip, vae, scene, pack_name: str = "scene", retrain: bool = False,
+                **settings) -> io.NodeOutput:
         import comfy.model_management as mm
 
         from ..bas_engine.errors import PackError
@@ -274,9 +275,7 @@ class Trainer(io.ComfyNode):
             raise UserError("vae: no VAE connected")
         pack_name = check_name(pack_name, "pack_name")
         scene = trainable_scene(scene)
-        config = make_config(phase1_steps, phase2_steps, phase1_lr, phase2_lr, mode, lora_rank, train_text_encoder,
-                             attention_loss_weight, masked_loss, union_sampling, resolution, seed,
-                             scene.num_concepts)
+        config = make_config(settings, scene.num_concepts)
         path = os.path.join(packs_dir(), pack_name + ".safetensors")
 
         mm.unload_all_models()      # unpatched weights for the fingerprint, and room for training

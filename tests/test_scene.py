@@ -169,6 +169,19 @@ def test_error_empty_mask():
         load_scene(_image(), [good, np.zeros((32, 32), dtype=np.float32), good])
 
 
+def test_error_folder_names_the_file(tmp_path):
+    folder = tmp_path / "scene"
+    _write_masks(folder, [0, 1])
+    Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(folder / "mask1.png")
+    with pytest.raises(InputError, match=r"^mask1\.png: the mask is empty") as info:
+        load_scene_dir(folder)
+    assert (info.value.field, info.value.item) == ("masks", 1)
+    _write_masks(folder, [1])
+    with pytest.raises(InputError, match=r"^names: got 1 concept names for 2 masks") as info:
+        load_scene_dir(folder, names=["cat"])
+    assert info.value.field == "names"
+
+
 def test_error_count_mismatch():
     masks = [_soft_mask(), _soft_mask()]
     with pytest.raises(InputError, match=r"names: got 3 concept names for 2 masks"):
@@ -185,8 +198,10 @@ def test_error_unreadable_file(tmp_path):
     folder = tmp_path / "bad"
     _write_masks(folder, [0, 1])
     (folder / "mask1.png").write_bytes(b"this is not a png")
-    with pytest.raises(InputError, match=r"mask 1: file .*mask1\.png.* is not a readable image"):
+    # A folder's masks are named by their files, as the user sees them; the error carries the input as data.
+    with pytest.raises(InputError, match=r"^mask1\.png: file .*mask1\.png.* is not a readable image") as info:
         load_scene_dir(folder)
+    assert (info.value.field, info.value.item) == ("masks", 1)
     with pytest.raises(InputError, match=r"image: file .*missing\.png.* does not exist"):
         load_scene(tmp_path / "missing.png", [_soft_mask()])
     truncated = folder / "mask0.png"

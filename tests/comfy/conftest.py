@@ -172,8 +172,8 @@ def bas(comfy_dirs):
     assert asyncio.run(comfy_nodes.load_custom_node(REPO)), "ComfyUI could not load the node pack"
     classes = {node_id: comfy_nodes.NODE_CLASS_MAPPINGS[node_id] for node_id in NODE_IDS}
     package = classes["BreakASceneTrainer"].__module__.rsplit(".nodes.", 1)[0]
-    # Only the constant-only modules may load with the pack; anything that pulls in diffusers must wait.
-    light = {f"{package}.bas_engine", f"{package}.bas_engine.families"}
+    # Only the constant-only modules (no torch, no diffusers) may load with the pack; the rest must wait.
+    light = {f"{package}.bas_engine.{name}" for name in ("families", "config", "errors")} | {f"{package}.bas_engine"}
     engine_loaded = sorted(m for m in sys.modules if m.startswith(package + ".bas_engine") and m not in light)
     return SimpleNamespace(classes=classes, package=package, comfy_nodes=comfy_nodes, engine_at_load=engine_loaded,
                            module=lambda name: sys.modules[f"{package}.{name}"])

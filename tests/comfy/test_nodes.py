@@ -212,9 +212,9 @@ def test_scene_from_separate_masks_resized(bas, run_node):
     ("no masks", {}, r"^masks: connect one mask per concept"),
     ("empty mask", {"mask_0": torch.zeros(1, 64, 64)}, r"^mask_0: the mask is empty.*LoadImage's MASK output.*1 - alpha"),
     ("empty in batch", {"masks": torch.stack([_box(64, 64, 0, 9), torch.zeros(64, 64)])}, r"^masks\[1\]: the mask is empty"),
-    ("names count", {"masks": _box(64, 64, 0, 9)[None], "concept_names": "cat, dog"}, r"^concept_names: 2 names for 1 masks"),
+    ("names count", {"masks": _box(64, 64, 0, 9)[None], "concept_names": "cat, dog"}, r"^concept_names: got 2 concept names for 1 masks"),
     ("bad name", {"masks": _box(64, 64, 0, 9)[None], "concept_names": "a cat"}, r"^concept_names: concept name 'a cat'"),
-    ("initializers count", {"masks": _box(64, 64, 0, 9)[None], "initializers": "a,b"}, r"^initializers: 2 entries for 1"),
+    ("initializers count", {"masks": _box(64, 64, 0, 9)[None], "initializers": "a,b"}, r"^initializers: got 2 initializer words for 1 masks"),
     ("separate batch", {"mask_3": torch.stack([_box(64, 64, 0, 9)] * 2)}, r"^mask_3: got a batch of 2 masks"),
     ("image batch", {"masks": _box(64, 64, 0, 9)[None], "image": torch.rand(2, 64, 64, 3)}, r"^image: got a batch of 2"),
 ])
