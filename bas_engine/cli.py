@@ -7,46 +7,92 @@ import sys
 from typing import Sequence
 
 from .errors import BASError
+from .scene import split_list
+
+#: entry-point group through which other packages (the toy world) add `bas` subcommands: each entry point is a
+#: function taking the subparsers object; the parser it adds sets `run` (set_defaults) to its command function
+PLUGIN_GROUP = "bas.commands"
+#: progress lines at most this often (seconds) when stderr is not a terminal (a log file, a CI job)
+LOG_PROGRESS_INTERVAL = 30.0
 
 
-def _csv(value: str | None) -> list[str] | None:
-    return None if value is None else [v.strip() for v in value.split(",")]
-
-
-def _add_extract(sub: argparse._SubParsersAction) -> None:
-    from .config import TrainConfig
-
-    defaults = TrainConfig()
-    p = sub.add_parser("extract", help="train handles for the concepts of one scene and write a concept pack")
-    p.add_argument("scene_dir", help="folder with img.* and mask0.png, mask1.png, …")
+def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="diffusers model folder or SD1.x/SD2.x checkpoint file")
     p.add_argument("--tokenizer", help="tokenizer folder (needed for single-file checkpoints)")
     p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"],
                    help="override the model's prediction type (SD2 768-v checkpoints need v_prediction)")
-    p.add_argument("--out", required=True, help="concept pack to write (.safetensors)")
+
+
+#: the TrainConfig fields `bas extract` / `bas batch` take as options; defaults, bounds, choices and help are
+#: TrainConfig's (a True-by-default switch becomes --no-<name>)
+CLI_SETTINGS = ("phase1_steps", "phase2_steps", "phase1_lr", "phase2_lr", "resolution", "mode", "lora_rank",
+                "lora_alpha", "train_text_encoder", "attention_loss_weight", "masked_loss", "union_sampling",
+                "flip", "prior_preservation", "class_prompt", "num_class_images", "batch_size",
+                "gradient_checkpointing", "mixed_precision", "seed")
+_TYPES = {"int": int, "float": float, "float | None": float, "str": str}
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    """The training options of `bas extract`, shared by `bas batch` (read back by `_train_config`)."""
+    from .config import TrainConfig, setting_info
+
     p.add_argument("--names", help="comma-separated concept names, one per mask")
     p.add_argument("--init", help="comma-separated initializer words, one per mask (empty entries allowed)")
-    p.add_argument("--tokens", help="comma-separated handle tokens (default <asset0>,<asset1>,…)")
-    p.add_argument("--phase1-steps", type=int, default=defaults.phase1_steps)
-    p.add_argument("--phase2-steps", type=int, default=defaults.phase2_steps)
-    p.add_argument("--phase1-lr", type=float, default=defaults.phase1_lr)
-    p.add_argument("--phase2-lr", type=float, default=None, help="default 1e-4 (lora) or 2e-6 (full)")
-    p.add_argument("--resolution", type=int, default=defaults.resolution)
-    p.add_argument("--mode", choices=["lora", "full"], default=defaults.mode)
-    p.add_argument("--lora-rank", type=int, default=defaults.lora_rank)
-    p.add_argument("--train-text-encoder", action="store_true")
-    p.add_argument("--attention-loss-weight", type=float, default=defaults.attention_loss_weight)
-    p.add_argument("--no-masked-loss", action="store_true", help="ablation: plain diffusion loss")
-    p.add_argument("--no-union-sampling", action="store_true", help="ablation: all concepts every step")
-    p.add_argument("--prior-preservation", action="store_true")
-    p.add_argument("--class-prompt", default=defaults.class_prompt)
-    p.add_argument("--num-class-images", type=int, default=defaults.num_class_images)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"], default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokens", help=setting_info("tokens")["help"] + ", comma-separated")
+    for name in CLI_SETTINGS:
+        info, kind = setting_info(name), TrainConfig.__dataclass_fields__[name].type
+        flag = "--" + name.replace("_", "-")
+        if kind == "bool" and info["default"]:
+            p.add_argument("--no-" + flag[2:], dest=name, action="store_false", help="turn off: " + info["help"])
+        elif kind == "bool":
+            p.add_argument(flag, action="store_true", help=info["help"])
+        else:
+            bounds = f" [{info['min']:g}, {info['max']:g}]" if info["min"] is not None else ""
+            default = "" if info["default"] is None else f" (default {info['default']})"
+            p.add_argument(flag, type=_TYPES[kind], default=info["default"], choices=info["choices"],
+                           help=info["help"] + bounds + default)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--cache-dir", help="where class images are cached (default ~/.cache/break_a_scene)")
+
+
+def _train_config(args: argparse.Namespace):
+    """The TrainConfig of the options added by `_add_train_options`."""
+    from .config import TrainConfig
+
+    return TrainConfig(tokens=split_list(args.tokens), **{name: getattr(args, name) for name in CLI_SETTINGS})
+
+
+def _add_extract(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("extract", help="train handles for the concepts of one scene and write a concept pack")
+    p.add_argument("scene_dir", help="folder with img.* and mask0.png, mask1.png, …")
+    _add_model_options(p)
+    p.add_argument("--out", required=True, help="concept pack to write (.safetensors)")
+    _add_train_options(p)
+    p.set_defaults(run=cmd_extract)
+
+
+def _add_batch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("batch", help="extract many scenes on a pool of Ray workers (local or a cluster)",
+                       description="Every sub-folder of SCENES is a scene as `bas extract` takes it (optionally "
+                                   "with a scene.json holding names / initializers / settings), or SCENES is a "
+                                   "JSON-lines manifest. Writes OUT/<scene>.safetensors and OUT/batch.jsonl; "
+                                   "a rerun skips scenes already done with the same model, scene and settings. "
+                                   "The training options apply to every scene (--names/--init to those without "
+                                   "their own). See docs/BATCH.md.")
+    p.add_argument("scenes", help="folder of scene folders, or a .jsonl manifest (one scene per line)")
+    _add_model_options(p)
+    p.add_argument("--out", required=True, help="folder for the packs and batch.jsonl")
+    _add_train_options(p)
+    p.add_argument("--address", help="join this Ray cluster (auto, HOST:6379, ray://HOST:10001); "
+                                     "default: start a local Ray for this command")
+    p.add_argument("--gpus-per-task", type=float, default=None,
+                   help="GPUs per worker (fractions share a GPU; default 1 when the cluster has GPUs, else 0)")
+    p.add_argument("--cpus-per-task", type=float, default=1.0,
+                   help="CPUs per worker; also the torch threads of a CPU worker (default 1)")
+    p.add_argument("--max-retries", type=int, default=2,
+                   help="times a scene is retried when its worker dies (default 2)")
+    p.add_argument("--workers", type=int, default=None, help="at most this many workers (default: as many as fit)")
+    p.set_defaults(run=cmd_batch)
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -65,6 +111,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num", type=int, default=1)
     p.add_argument("--device", default=None)
+    p.set_defaults(run=cmd_generate)
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -72,6 +119,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("pack")
     p.add_argument("--lora", help="LoRA file to write (kohya keys, loads in ComfyUI LoraLoader / diffusers)")
     p.add_argument("--embeddings", help="folder for one <pack>_<concept>.safetensors per handle")
+    p.set_defaults(run=cmd_export)
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -85,33 +133,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-timing", action="store_true",
                    help="only peak memory (one process per configuration): for machines where the "
                         "configurations do not fit in memory together")
-
-
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the toy world end to end: extract three novel objects, recombine, judge, report")
-    p.add_argument("--out", default="out/demo", help="folder for report.html, scores.json, the pack (default out/demo)")
-    p.add_argument("--model", help="toy model folder (default: the committed bas_toyworld/weights/toy_sd)")
-    p.add_argument("--scene", type=int, default=0, help="seed of the toy scene")
-    p.add_argument("--phase1-steps", type=int, default=400)
-    p.add_argument("--phase2-steps", type=int, default=400)
-    p.add_argument("--mode", choices=["lora", "full"], default="lora")
-    p.add_argument("--images", type=int, default=4, help="images per prompt")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
-
-
-def _add_fidelity(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("fidelity", help="the method and its ablations on held-out toy scenes: mean ± 95%% CI table")
-    p.add_argument("--out", default="out/fidelity", help="folder for table.md, results.json and per-run records")
-    p.add_argument("--model", help="toy model folder (default: the committed one)")
-    p.add_argument("--variants", help="comma-separated subset of: method, no_phase1, no_masked_loss, "
-                                      "no_attention_loss, no_union_sampling, full_finetune")
-    p.add_argument("--scenes", type=int, default=3, help="held-out scenes (seeds 1..N; the demo uses 0)")
-    p.add_argument("--seeds", type=int, default=2, help="training seeds per scene")
-    p.add_argument("--phase1-steps", type=int, default=400)
-    p.add_argument("--phase2-steps", type=int, default=400)
-    p.add_argument("--images", type=int, default=2, help="images per prompt")
-    p.add_argument("--workers", type=int, default=2, help="parallel runs (processes, one thread each)")
+    p.set_defaults(run=cmd_bench)
 
 
 def _device(name: str | None) -> str:
@@ -124,31 +146,31 @@ def _device(name: str | None) -> str:
     return name
 
 
-def cmd_extract(args: argparse.Namespace) -> None:
+def progress_bar(total: int, unit: str, stream=None):
+    """A tqdm bar on stderr; when that is not a terminal (a log), it writes at most every
+    LOG_PROGRESS_INTERVAL seconds, so an 8,000-step run leaves a few hundred lines, not megabytes."""
     from tqdm import tqdm
 
+    stream = stream or sys.stderr
+    interactive = hasattr(stream, "isatty") and stream.isatty()
+    return tqdm(total=total, unit=unit, file=stream, mininterval=0.1 if interactive else LOG_PROGRESS_INTERVAL,
+                ascii=not interactive)
+
+
+def cmd_extract(args: argparse.Namespace) -> None:
     from .callbacks import TrainCallbacks
-    from .config import TrainConfig
     from .models import load_model
     from .pack import save_pack
     from .scene import load_scene_dir
     from .trainer import train
 
-    scene = load_scene_dir(args.scene_dir, _csv(args.names), _csv(args.init))
-    config = TrainConfig(
-        phase1_steps=args.phase1_steps, phase2_steps=args.phase2_steps, phase1_lr=args.phase1_lr,
-        phase2_lr=args.phase2_lr, mode=args.mode, lora_rank=args.lora_rank,
-        train_text_encoder=args.train_text_encoder, attention_loss_weight=args.attention_loss_weight,
-        masked_loss=not args.no_masked_loss, union_sampling=not args.no_union_sampling,
-        resolution=args.resolution, batch_size=args.batch_size, seed=args.seed,
-        prior_preservation=args.prior_preservation, class_prompt=args.class_prompt,
-        num_class_images=args.num_class_images, gradient_checkpointing=args.gradient_checkpointing,
-        mixed_precision=args.mixed_precision, tokens=_csv(args.tokens))
+    scene = load_scene_dir(args.scene_dir, split_list(args.names), split_list(args.init))
+    config = _train_config(args)
     config.validate(scene.num_concepts)
     device = _device(args.device)
     components = load_model(args.model, args.tokenizer, args.prediction_type)
     total = config.phase1_steps + config.phase2_steps
-    with tqdm(total=total, unit="step", file=sys.stderr) as bar:
+    with progress_bar(total, "step") as bar:
         def progress(event):
             bar.set_description(f"phase {event.phase}")
             bar.set_postfix({k: f"{v:.4f}" for k, v in event.losses.items()})
@@ -158,6 +180,31 @@ def cmd_extract(args: argparse.Namespace) -> None:
     save_pack(pack, args.out)
     handles = ", ".join(f"{t} = {n}" for t, n in zip(pack.tokens, pack.names))
     print(f"wrote {args.out}: {handles}")
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import LOG_NAME, BatchInterrupted, discover_scenes, run_batch
+
+    config = _train_config(args)
+    config.validate(len(config.tokens) if config.tokens else 1)      # bad options fail before Ray starts
+    jobs = discover_scenes(args.scenes, split_list(args.names), split_list(args.init), exclude=[args.out])
+    log = os.path.join(args.out, LOG_NAME)
+    try:
+        result = run_batch(jobs, args.model, args.out, config, tokenizer=args.tokenizer,
+                           prediction_type=args.prediction_type, device=args.device, address=args.address,
+                           gpus_per_task=args.gpus_per_task, cpus_per_task=args.cpus_per_task,
+                           max_retries=args.max_retries, workers=args.workers, cache_dir=args.cache_dir)
+    except BatchInterrupted as exc:
+        print(f"bas batch: interrupted: {exc.result.summary()}. Finished packs are in {args.out}, no partial "
+              f"file was left; records in {log}. Run the same command again to resume.", file=sys.stderr)
+        return 130
+    print(f"bas batch: {result.summary()}; records in {log}")
+    if not result.ok:
+        failed = [r["scene"] for r in result.records if r["status"] != "done" and r["status"] != "skipped"]
+        print(f"bas batch: {len(failed)} scene(s) failed: {', '.join(failed[:10])}{' …' if len(failed) > 10 else ''}"
+              f" (errors in {log})", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -197,74 +244,34 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from .bench import run_benchmark
 
-    run_benchmark(args.preset, args.resolution, args.steps, _device(args.device), _csv(args.configs),
+    run_benchmark(args.preset, args.resolution, args.steps, _device(args.device), split_list(args.configs),
                   timing=not args.no_timing)
 
 
-def _check_toy_model(model: str | None) -> None:
-    from bas_toyworld.extraction import DEFAULT_MODEL
+def build_parser() -> argparse.ArgumentParser:
+    """The `bas` parser: the engine's subcommands, then those of installed plug-ins (``PLUGIN_GROUP``)."""
+    from importlib.metadata import entry_points
 
-    if model is None and not (DEFAULT_MODEL / "model_index.json").is_file():
-        raise BASError(f"the committed toy model is missing at {DEFAULT_MODEL}; reinstall the package or pass --model "
-                       "(make one with scripts/pretrain_toy.py)")
-
-
-def cmd_demo(args: argparse.Namespace) -> None:
-    # The toy world lives beside the engine (bas_toyworld); imported only for these two commands.
-    from bas_toyworld.demo import DemoSettings, run_demo
-
-    _check_toy_model(args.model)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    for name in ("phase1_steps", "phase2_steps"):
-        if getattr(args, name) < 0:
-            raise BASError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
-    if args.images < 1:
-        raise BASError(f"--images must be at least 1, got {args.images}")
-    settings = DemoSettings(scene_seed=args.scene, phase1_steps=args.phase1_steps, phase2_steps=args.phase2_steps,
-                            mode=args.mode, image_seeds=tuple(range(args.images)))
-    if args.guidance is not None:
-        settings.guidance = args.guidance
-    run_demo(args.out, args.model, settings)
-
-
-def cmd_fidelity(args: argparse.Namespace) -> None:
-    from bas_toyworld.fidelity import VARIANTS, FidelitySettings, run_fidelity
-
-    _check_toy_model(args.model)
-    variants = tuple(_csv(args.variants) or VARIANTS)
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise BASError(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
-    for name in ("scenes", "seeds", "images", "workers"):
-        if getattr(args, name) < 1:
-            raise BASError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    settings = FidelitySettings(variants=variants, scene_seeds=tuple(range(1, args.scenes + 1)),
-                                train_seeds=tuple(range(args.seeds)), phase1_steps=args.phase1_steps,
-                                phase2_steps=args.phase2_steps, image_seeds=tuple(range(args.images)),
-                                workers=args.workers, model_dir=args.model)
-    run_fidelity(args.out, settings)
+    parser = argparse.ArgumentParser(prog="bas", description="Break-A-Scene: extract concepts from one image")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_extract, _add_batch, _add_generate, _add_export, _add_bench):
+        add(sub)
+    for entry_point in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        entry_point.load()(sub)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bas", description="Break-A-Scene: extract concepts from one image")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_extract, _add_generate, _add_export, _add_bench, _add_demo, _add_fidelity):
-        add(sub)
-    args = parser.parse_args(argv)
-    command = {"extract": cmd_extract, "generate": cmd_generate, "export": cmd_export, "bench": cmd_bench,
-               "demo": cmd_demo, "fidelity": cmd_fidelity}
+    args = build_parser().parse_args(argv)
     try:
-        command[args.command](args)
+        status = args.run(args)
     except BASError as exc:
         print(f"bas {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bas {args.command}: interrupted; nothing was written", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,722 @@
+"""Batch extraction over many scenes on Ray: `bas batch` and `run_batch` (the same from a notebook).
+
+The driver (this process) reads the scenes, decides what to skip and writes every result; a pool of Ray
+actors trains. Each actor loads the model once and then trains scene after scene, so a batch pays one
+model load per worker, not one per scene. Scenes travel to the workers as tensors and packs come back as
+tensors, so only the model path has to exist on the worker machines: scenes and results stay with the
+driver. Ray is an optional dependency (`pip install .[batch]`), imported only inside this module's
+functions; nothing else in the engine imports it.
+
+Results: `OUT/<scene>.safetensors` (atomic, `pack.save_pack`, the same bytes `bas extract` writes for the
+same scene, model and settings) and `OUT/batch.jsonl`, one record per scene.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import socket
+import sys
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+from .config import TrainConfig
+from .errors import BASError, InputError, PackError
+
+LOG_NAME = "batch.jsonl"
+PACK_SUFFIX = ".safetensors"
+SCENE_JSON = "scene.json"
+#: keys a scene.json / manifest line may hold besides where the scene is
+SCENE_KEYS = ("name", "names", "initializers", "settings")
+MANIFEST_SOURCE_KEYS = ("scene", "image", "masks")
+#: local Ray's shared-memory object store: packs and scenes pass through it, larger objects spill to disk
+LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
+#: a progress line at most this often when stderr is not a terminal (CI logs, nohup, cluster job logs)
+LOG_PROGRESS_EVERY_S = 30.0
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a batch: remaining tasks were cancelled; `result` holds what finished before."""
+
+    def __init__(self, result: "BatchResult"):
+        super().__init__("batch interrupted")
+        self.result = result
+
+
+# -- scenes -------------------------------------------------------------------------------------------
+@dataclass
+class SceneJob:
+    """One scene of a batch: where it is, its output name, its names/initializers and setting overrides."""
+
+    name: str                                   # output is OUT/<name>.safetensors
+    scene_dir: str | None = None                # a folder as `bas extract` takes it ...
+    image: str | None = None                    # ... or an image file and one mask file per concept
+    masks: list[str] | None = None
+    names: list[str] | None = None
+    initializers: list[str | None] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)   # TrainConfig fields overriding the batch's
+    problem: str | None = None                  # why this scene cannot run (found while listing it)
+
+    @property
+    def source(self) -> str:
+        return self.scene_dir or self.image or ""
+
+    def load(self):
+        """The validated Scene (InputError names the file and what is wrong)."""
+        from .scene import load_scene, load_scene_dir
+
+        if self.problem:
+            raise InputError(self.problem)
+        if self.scene_dir is not None:
+            return load_scene_dir(self.scene_dir, self.names, self.initializers)
+        return load_scene(self.image, self.masks or [], self.names, self.initializers)
+
+    def config(self, base: TrainConfig) -> TrainConfig:
+        """The batch's settings with this scene's overrides (InputError for an unknown or mistyped one)."""
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(self.settings) - known)
+        if unknown:
+            raise InputError(f"settings of scene {self.name!r}: unknown setting(s) {unknown}; "
+                             f"known: {', '.join(sorted(known))}")
+        return dataclasses.replace(base, **self.settings)
+
+
+def _string_list(value: Any, key: str, where: str) -> list | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",")]
+    if not isinstance(value, list) or not all(v is None or isinstance(v, str) for v in value):
+        raise InputError(f"{where}: {key!r} must be a list of strings or a comma-separated string")
+    return value
+
+
+def _apply_scene_keys(job: SceneJob, entry: dict, where: str) -> None:
+    """Copy names / initializers / settings of a scene.json or manifest line into the job."""
+    names = _string_list(entry.get("names"), "names", where)
+    initializers = _string_list(entry.get("initializers"), "initializers", where)
+    if names is not None:
+        job.names = names
+    if initializers is not None:
+        job.initializers = initializers
+    settings = entry.get("settings", {})
+    if not isinstance(settings, dict):
+        raise InputError(f"{where}: 'settings' must be an object of TrainConfig fields, got {type(settings).__name__}")
+    job.settings = dict(settings)
+
+
+def _check_output_name(name: str, where: str) -> str:
+    if not isinstance(name, str) or not name.strip() or name.startswith(".") or any(c in name for c in "/\\\0"):
+        raise InputError(f"{where}: scene name {name!r} cannot be a file name (no '/', '\\', leading '.')")
+    return name
+
+
+def discover_scenes(source: str | os.PathLike, names: Sequence[str] | None = None,
+                    initializers: Sequence[str | None] | None = None,
+                    exclude: Iterable[str | os.PathLike] = ()) -> list[SceneJob]:
+    """The scenes of a batch: every sub-folder of a folder, or every line of a JSON-lines manifest.
+
+    A folder of scenes: each sub-folder (hidden ones and `exclude` left out) is one scene as `bas extract`
+    takes it, named after the folder, optionally with a `scene.json` holding `names`, `initializers` and
+    `settings` (TrainConfig fields). A manifest (a file): one JSON object per line with `scene` (a folder)
+    or `image` + `masks` (files), and optionally `name`, `names`, `initializers`, `settings`; relative paths
+    are relative to the manifest; blank lines and lines starting with '#' are skipped.
+
+    `names` / `initializers` apply to every scene that does not give its own. A broken scene.json makes
+    only that scene fail (its job carries the problem); a manifest line that is not a scene description,
+    or two scenes with the same name, is an InputError for the whole batch, before anything runs.
+    """
+    source = os.fspath(source)
+    defaults = dict(names=list(names) if names else None,
+                    initializers=list(initializers) if initializers else None)
+    if os.path.isdir(source):
+        jobs = _scenes_in_folder(source, defaults, {os.path.realpath(os.fspath(p)) for p in exclude})
+    elif os.path.isfile(source):
+        jobs = _scenes_in_manifest(source, defaults)
+    else:
+        raise InputError(f"scenes {source!r} does not exist (give a folder of scene folders or a .jsonl manifest)")
+    if not jobs:
+        raise InputError(f"scenes {source!r} holds no scenes")
+    seen: dict[str, str] = {}
+    for job in jobs:
+        if job.name in seen:
+            raise InputError(f"scenes: two scenes are named {job.name!r} ({seen[job.name]} and {job.source}); "
+                             "each needs its own name, since the pack is OUT/<name>.safetensors")
+        seen[job.name] = job.source
+    return jobs
+
+
+def _scenes_in_folder(folder: str, defaults: dict, exclude: set[str]) -> list[SceneJob]:
+    from .scene import IMAGE_EXTENSIONS
+
+    if any(entry.lower().startswith("img.") and entry.lower().endswith(IMAGE_EXTENSIONS)
+           for entry in os.listdir(folder)):
+        raise InputError(f"scenes {folder!r} is one scene folder (it holds img.*); `bas batch` takes a folder "
+                         "of scene folders or a manifest — use `bas extract` for one scene")
+    jobs = []
+    for entry in sorted(os.listdir(folder)):
+        path = os.path.join(folder, entry)
+        if entry.startswith(".") or not os.path.isdir(path) or os.path.realpath(path) in exclude:
+            continue
+        job = SceneJob(name=entry, scene_dir=path, **defaults)
+        meta_path = os.path.join(path, SCENE_JSON)
+        if os.path.isfile(meta_path):
+            try:
+                with open(meta_path, encoding="utf-8") as f:
+                    entry_meta = json.load(f)
+                if not isinstance(entry_meta, dict):
+                    raise InputError(f"{meta_path}: expected a JSON object")
+                unknown = sorted(set(entry_meta) - set(SCENE_KEYS))
+                if unknown:
+                    raise InputError(f"{meta_path}: unknown key(s) {unknown}; a scene.json may hold "
+                                     f"{', '.join(SCENE_KEYS)}")
+                _apply_scene_keys(job, entry_meta, meta_path)
+                if "name" in entry_meta:
+                    job.name = _check_output_name(entry_meta["name"], meta_path)
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                job.problem = f"{meta_path} is not readable JSON ({exc})"
+            except InputError as exc:
+                job.problem = str(exc)
+        jobs.append(job)
+    return jobs
+
+
+def _scenes_in_manifest(manifest: str, defaults: dict) -> list[SceneJob]:
+    base = os.path.dirname(os.path.abspath(manifest))
+
+    def resolve(path: Any, where: str) -> str:
+        if not isinstance(path, str) or not path:
+            raise InputError(f"{where}: expected a path, got {path!r}")
+        return path if os.path.isabs(path) else os.path.join(base, path)
+
+    jobs = []
+    try:
+        with open(manifest, encoding="utf-8") as f:
+            lines = f.readlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"manifest {manifest!r} is not a readable text file ({exc})") from exc
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{manifest} line {number}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{where}: not a JSON object ({exc})") from exc
+        if not isinstance(entry, dict):
+            raise InputError(f"{where}: expected a JSON object, got {type(entry).__name__}")
+        unknown = sorted(set(entry) - set(SCENE_KEYS) - set(MANIFEST_SOURCE_KEYS))
+        if unknown:
+            raise InputError(f"{where}: unknown key(s) {unknown}; a line holds 'scene' (a folder) or "
+                             f"'image' + 'masks', and optionally {', '.join(SCENE_KEYS)}")
+        if ("scene" in entry) == ("image" in entry) or ("image" in entry) != ("masks" in entry):
+            raise InputError(f"{where}: give either 'scene' (a scene folder) or 'image' and 'masks'")
+        if "scene" in entry:
+            scene_dir = resolve(entry["scene"], where)
+            job = SceneJob(name=os.path.basename(os.path.normpath(scene_dir)), scene_dir=scene_dir, **defaults)
+        else:
+            masks = entry["masks"]
+            if not isinstance(masks, list) or not masks:
+                raise InputError(f"{where}: 'masks' must be a non-empty list of mask files, one per concept")
+            image = resolve(entry["image"], where)
+            job = SceneJob(name=os.path.splitext(os.path.basename(image))[0], image=image,
+                           masks=[resolve(m, where) for m in masks], **defaults)
+        if "name" in entry:
+            job.name = entry["name"]
+        _check_output_name(job.name, where)
+        try:
+            _apply_scene_keys(job, entry, where)
+        except InputError as exc:
+            job.problem = str(exc)
+        jobs.append(job)
+    return jobs
+
+
+# -- the worker ---------------------------------------------------------------------------------------
+class BatchWorker:
+    """Ray actor body: loads the model once, then trains one scene per `train` call.
+
+    Errors of a scene come back as a failed result, never as an exception, so a bad scene cannot take the
+    worker down; a model that does not load is reported by `ready`.
+    """
+
+    def __init__(self, model: str, tokenizer: str | None, prediction_type: str | None, device: str | None,
+                 threads: int, cache_dir: str | None):
+        import torch
+
+        from .models import load_model
+
+        torch.set_num_threads(max(1, threads))
+        _quiet_libraries()
+        self.cache_dir = cache_dir
+        self.where = f"{socket.gethostname()}:{os.getpid()}"
+        self.error = None
+        self.fingerprint = None
+        try:
+            if device is None:
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            elif device.startswith("cuda") and not torch.cuda.is_available():
+                raise BASError(f"--device {device}: this worker ({self.where}) sees no CUDA device "
+                               "(give --gpus-per-task, or a CPU device)")
+            self.device = device
+            self.components = load_model(model, tokenizer, prediction_type)
+            self.fingerprint = self.components.fingerprint()
+        except BASError as exc:
+            self.error = str(exc)
+        except Exception as exc:   # noqa: BLE001 - reported to the driver, which stops the batch with it
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def ready(self) -> dict:
+        """Where this worker runs and the fingerprint of its model (or why the model did not load)."""
+        return {"worker": self.where, "pid": os.getpid(), "fingerprint": self.fingerprint,
+                "device": getattr(self, "device", None), "error": self.error}
+
+    def train(self, scene, config: TrainConfig) -> dict:
+        """Train one scene; {"status": "done", "pack", "seconds"} or {"status": "failed", "error"}."""
+        from .trainer import train
+
+        start = time.perf_counter()
+        result = {"worker": self.where}
+        try:
+            result.update(status="done", pack=train(self.components, scene, config, device=self.device,
+                                                    cache_dir=self.cache_dir))
+        except BASError as exc:
+            result.update(status="failed", error=str(exc))
+        except Exception as exc:   # noqa: BLE001 - e.g. out of memory: this scene fails, the batch goes on
+            result.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                          traceback=traceback.format_exc(limit=8))
+        result["seconds"] = round(time.perf_counter() - start, 3)
+        return result
+
+
+def _quiet_libraries() -> None:
+    """No per-load progress bars or notices from every worker in the driver's output."""
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+    try:
+        import diffusers
+
+        diffusers.utils.logging.set_verbosity_error()
+        diffusers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def import_ray():
+    """Ray, or a BASError saying how to install it (it is an optional extra)."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise BASError("bas batch needs Ray: pip install 'comfyui-break-a-scene[batch]' (or pip install 'ray>=2.9')"
+                       ) from exc
+    return ray
+
+
+# -- results ------------------------------------------------------------------------------------------
+@dataclass
+class BatchResult:
+    """What a batch did: one record per scene (as in OUT/batch.jsonl)."""
+
+    out_dir: str
+    records: list[dict]
+    seconds: float = 0.0
+    workers: int = 0
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.records if r["status"] == status)
+
+    @property
+    def ok(self) -> bool:
+        """True when no scene failed or was cancelled."""
+        return all(r["status"] in ("done", "skipped") for r in self.records)
+
+    def summary(self) -> str:
+        parts = [f"{self.count(s)} {s}" for s in ("done", "failed", "skipped", "cancelled") if self.count(s)]
+        text = ", ".join(parts) or "nothing to do"
+        if self.count("skipped"):
+            text += " (skipped: already in the output with the same model, scene and settings)"
+        return f"{text}; {len(self.records)} scenes in {_clock(self.seconds)} on {self.workers} worker(s)"
+
+
+class _RecordLog:
+    """OUT/batch.jsonl: a line appended as each scene finishes (one write each, so a crash keeps what was
+    done), then rewritten atomically at the end with exactly one record per scene, in input order."""
+
+    def __init__(self, out_dir: str):
+        self.path = os.path.join(out_dir, LOG_NAME)
+
+    def append(self, record: dict) -> None:
+        line = (json.dumps(record) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+    def finish(self, records: list[dict]) -> None:
+        from .fileio import atomic_write_text
+
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class _Progress:
+    """One bar over the scenes on stderr: done / failed / skipped, scenes per minute, time left.
+
+    On a terminal a tqdm bar; otherwise a plain line at most every LOG_PROGRESS_EVERY_S seconds, so a
+    10,000-scene batch does not fill a log file with carriage-return frames.
+    """
+
+    def __init__(self, total: int, enabled: bool, stream=None):
+        self.total, self.enabled = total, enabled
+        self.stream = stream or sys.stderr
+        self.counts = {"done": 0, "failed": 0, "skipped": 0}
+        self.trained = 0                 # scenes a worker spent time on (the rate ignores instant skips)
+        self.start = time.monotonic()
+        self.last_line = 0.0
+        self.bar = None
+        if enabled and getattr(self.stream, "isatty", lambda: False)():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="scene", file=self.stream, dynamic_ncols=True,
+                            bar_format="{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
+
+    def status(self) -> str:
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        rate = self.trained / elapsed * 60
+        left = self.total - sum(self.counts.values())
+        eta = f", ~{_clock(left / rate * 60)} left" if rate > 0 and left else ""
+        c = self.counts
+        return f"done {c['done']}, failed {c['failed']}, skipped {c['skipped']}, {rate:.2f} scenes/min{eta}"
+
+    def update(self, status: str, trained: bool) -> None:
+        if status in self.counts:
+            self.counts[status] += 1
+        self.trained += int(trained)
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix_str(self.status(), refresh=False)
+            self.bar.update(1)
+        elif time.monotonic() - self.last_line >= LOG_PROGRESS_EVERY_S:
+            self.line()
+
+    def line(self) -> None:
+        self.last_line = time.monotonic()
+        done = sum(self.counts.values())
+        print(f"bas batch: {done}/{self.total} scenes ({self.status()})", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(self.status())
+            self.bar.close()
+        elif self.enabled:
+            self.line()
+
+
+# -- the driver ---------------------------------------------------------------------------------------
+@dataclass
+class _Slot:
+    """One actor of the pool and what it is doing."""
+
+    actor: Any
+    index: int
+    ready: bool = False
+    info: dict = field(default_factory=dict)
+    job: int | None = None               # index of the scene it trains
+    started: float = 0.0
+
+
+def _worker_count(ray, gpus_per_task: float, cpus_per_task: float, requested: int | None, scenes: int) -> int:
+    resources = ray.cluster_resources()
+    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
+    fits = math.floor(cpus / cpus_per_task + 1e-9) if cpus_per_task > 0 else scenes
+    if gpus_per_task > 0:
+        fits = min(fits, math.floor(gpus / gpus_per_task + 1e-9))
+    if fits < 1:
+        raise BASError(f"the Ray cluster has {gpus:g} GPU(s) and {cpus:g} CPU(s): no worker fits "
+                       f"--gpus-per-task {gpus_per_task:g} --cpus-per-task {cpus_per_task:g}")
+    return max(1, min(fits, requested or fits, scenes))
+
+
+def _ray_error(exc: BaseException) -> str:
+    """A short reason from a Ray error (the first line of its message)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+
+
+def run_batch(scenes: str | os.PathLike | Sequence[SceneJob], model: str, out_dir: str | os.PathLike,
+              config: TrainConfig | None = None, *, tokenizer: str | None = None,
+              prediction_type: str | None = None, device: str | None = None, address: str | None = None,
+              gpus_per_task: float | None = None, cpus_per_task: float = 1.0, max_retries: int = 2,
+              workers: int | None = None, cache_dir: str | None = None, progress: bool = True,
+              on_event: Callable[[str, dict], None] | None = None) -> BatchResult:
+    """Extract every scene of `scenes` with `model` on a pool of Ray workers; write packs and records to `out_dir`.
+
+    `scenes` is a folder of scene folders, a JSON-lines manifest (see `discover_scenes`) or a list of
+    SceneJob. `config` holds the settings of every scene (a scene's `settings` override fields of it).
+    Ray: an already initialised Ray is used as it is; else `address` joins a cluster ("auto",
+    "ray://head:10001", "host:6379"), and without it a local Ray is started for this call and stopped after.
+    Workers: one per `gpus_per_task` GPUs (default 1 when the cluster has GPUs, else 0 = CPU workers) and
+    `cpus_per_task` CPUs (also the torch threads of a CPU worker), as many as fit, at most `workers`.
+    A scene whose pack exists with the same model, scene and settings is skipped. A scene that fails is
+    recorded and the batch goes on; a scene whose worker dies is retried up to `max_retries` times on a
+    fresh worker, then recorded as failed. `on_event(kind, info)` sees "worker_ready", "submitted" and
+    "record" events. Ctrl-C stops the workers, writes the records and raises BatchInterrupted (a
+    KeyboardInterrupt) carrying the result; no pack is ever half-written.
+    """
+    config = config or TrainConfig()
+    out_dir = os.fspath(out_dir)
+    if max_retries < 0:
+        raise InputError(f"max_retries must be 0 or more, got {max_retries}")
+    if cpus_per_task <= 0 and not gpus_per_task:
+        raise InputError(f"cpus_per_task must be above 0 for CPU workers, got {cpus_per_task:g}")
+    if gpus_per_task is not None and gpus_per_task < 0:
+        raise InputError(f"gpus_per_task must be 0 or more, got {gpus_per_task:g}")
+    if workers is not None and workers < 1:
+        raise InputError(f"workers must be at least 1, got {workers}")
+    if isinstance(scenes, (str, os.PathLike)):
+        jobs = discover_scenes(scenes, exclude=[out_dir])
+    else:
+        jobs = list(scenes)
+        if not jobs:
+            raise InputError("scenes: no scenes given")
+    os.makedirs(out_dir, exist_ok=True)
+
+    ray = import_ray()
+    started_here = False
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+        else:
+            ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                     include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+        started_here = True
+    try:
+        return _Driver(ray, jobs, model, out_dir, config, tokenizer, prediction_type, device, gpus_per_task,
+                       cpus_per_task, max_retries, workers, cache_dir, progress, on_event).run()
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+class _Driver:
+    """The scheduling loop of one batch (see run_batch)."""
+
+    def __init__(self, ray, jobs, model, out_dir, config, tokenizer, prediction_type, device, gpus_per_task,
+                 cpus_per_task, max_retries, workers, cache_dir, progress, on_event):
+        self.ray, self.jobs, self.out_dir, self.config = ray, jobs, out_dir, config
+        self.max_retries, self.on_event = max_retries, on_event or (lambda kind, info: None)
+        if gpus_per_task is None:
+            gpus_per_task = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        if gpus_per_task == 0 and device and device.startswith("cuda"):
+            raise InputError(f"--device {device} needs --gpus-per-task above 0: Ray hides the GPUs from "
+                             "workers that did not ask for one")
+        self.size = _worker_count(ray, gpus_per_task, cpus_per_task, workers, len(jobs))
+        threads = max(1, int(cpus_per_task))
+        self.actor_class = ray.remote(BatchWorker).options(num_gpus=gpus_per_task, num_cpus=cpus_per_task,
+                                                            max_restarts=0, max_task_retries=0)
+        self.actor_args = (model, tokenizer, prediction_type, device, threads, cache_dir)
+        # a dying worker gets a fresh replacement; this many at most, so a node that kills every worker
+        # (out of memory while loading, say) ends the batch instead of looping
+        self.replacements_left = self.size * (max_retries + 1)
+        self.records: list[dict | None] = [None] * len(jobs)
+        self.attempts = [0] * len(jobs)
+        self.pending = deque(range(len(jobs)))
+        self.log = _RecordLog(out_dir)
+        self.progress = _Progress(len(jobs), progress)
+        self.fingerprint: str | None = None
+        self.slots: dict[Any, _Slot] = {}          # ObjectRef of the slot's current call -> slot
+        self.count = 0
+        self.start = time.monotonic()
+
+    # -- pool ---------------------------------------------------------------------------------------
+    def _spawn(self) -> None:
+        actor = self.actor_class.remote(*self.actor_args)
+        slot = _Slot(actor, self.count)
+        self.count += 1
+        self.slots[actor.ready.remote()] = slot
+
+    def _retire(self, slot: _Slot) -> None:
+        try:
+            self.ray.kill(slot.actor, no_restart=True)
+        except Exception:   # noqa: BLE001 - already gone
+            pass
+
+    # -- records ------------------------------------------------------------------------------------
+    def _record(self, index: int, status: str, **fields) -> None:
+        job = self.jobs[index]
+        record = {"scene": job.name, "source": job.source, "status": status, "seconds": None, "losses": None,
+                  "error": None, "attempts": self.attempts[index], "worker": None,
+                  "pack": os.path.join(self.out_dir, job.name + PACK_SUFFIX) if status in ("done", "skipped")
+                  else None}
+        record.update(fields)
+        self.records[index] = record
+        self.log.append(record)
+        self.progress.update(status, trained=status == "done" or record.get("worker") is not None)
+        self.on_event("record", record)
+
+    def _prepare(self, index: int):
+        """(scene, config) to train, or None when the scene was recorded as skipped or failed here."""
+        job = self.jobs[index]
+        try:
+            scene = job.load()
+            config = job.config(self.config)
+            config.validate(scene.num_concepts)
+        except (BASError, TypeError, ValueError) as exc:
+            self._record(index, "failed", error=str(exc))
+            return None
+        path = os.path.join(self.out_dir, job.name + PACK_SUFFIX)
+        retrain_because = None
+        if os.path.exists(path):
+            from .pack import pack_mismatch, read_pack_meta
+
+            try:
+                meta = read_pack_meta(path)
+            except PackError as exc:
+                retrain_because = [str(exc)]
+            else:
+                retrain_because = pack_mismatch(meta, self.fingerprint, scene.fingerprint(), config)
+                if not retrain_because:
+                    self._record(index, "skipped", losses=meta.get("losses"))
+                    return None
+        return scene, config, retrain_because
+
+    def _submit(self, slot: _Slot) -> bool:
+        """Give the slot the next scene that needs training; False when none is left."""
+        while self.pending:
+            index = self.pending.popleft()
+            prepared = self._prepare(index)
+            if prepared is None:
+                continue
+            scene, config, retrain_because = prepared
+            self.attempts[index] += 1
+            slot.job, slot.started = index, time.monotonic()
+            slot.info["retrain_because"] = retrain_because
+            self.slots[slot.actor.train.remote(scene, config)] = slot
+            self.on_event("submitted", {"scene": self.jobs[index].name, "worker": slot.info.get("worker"),
+                                        "pid": slot.info.get("pid"), "attempt": self.attempts[index]})
+            return True
+        return False
+
+    def _on_ready(self, slot: _Slot, info: dict) -> None:
+        if info.get("error"):
+            raise BASError(f"worker {info['worker']} could not load the model: {info['error']}")
+        if self.fingerprint is None:
+            self.fingerprint = info["fingerprint"]
+        elif info["fingerprint"] != self.fingerprint:
+            raise BASError(f"worker {info['worker']} loaded other weights (fingerprint {info['fingerprint']}, "
+                           f"the others {self.fingerprint}): the model path must hold the same model everywhere")
+        slot.ready, slot.info = True, dict(info)
+        self.on_event("worker_ready", dict(info))
+
+    def _on_trained(self, slot: _Slot, result: dict) -> None:
+        index, slot.job = slot.job, None
+        job = self.jobs[index]
+        fields = {"seconds": result.get("seconds"), "worker": result.get("worker")}
+        if slot.info.get("retrain_because"):
+            fields["retrained_because"] = slot.info["retrain_because"]
+        if result["status"] == "done":
+            from .pack import save_pack
+
+            pack = result["pack"]
+            save_pack(pack, os.path.join(self.out_dir, job.name + PACK_SUFFIX))
+            self._record(index, "done", losses=pack.meta.get("losses"), **fields)
+        else:
+            if result.get("traceback"):
+                fields["traceback"] = result["traceback"]
+            self._record(index, "failed", error=result["error"], **fields)
+
+    def _on_lost(self, slot: _Slot, exc: BaseException) -> None:
+        """The slot's worker died (killed, out of memory, node lost): retry its scene, replace the worker."""
+        self._retire(slot)
+        reason = _ray_error(exc)
+        if slot.job is not None:
+            index, slot.job = slot.job, None
+            if self.attempts[index] <= self.max_retries:
+                self.pending.appendleft(index)
+            else:
+                self._record(index, "failed", worker=slot.info.get("worker"),
+                             error=f"the worker died {self.attempts[index]} time(s) while training this scene "
+                                   f"(--max-retries {self.max_retries}); last: {reason}")
+        if self.replacements_left <= 0:
+            if not self.slots:
+                raise BASError(f"workers keep dying (last: {reason}); no worker is left")
+            return
+        self.replacements_left -= 1
+        self._spawn()
+
+    # -- loop ---------------------------------------------------------------------------------------
+    def run(self) -> BatchResult:
+        ray = self.ray
+        try:
+            for _ in range(self.size):
+                self._spawn()
+            # workers still loading the model when nothing is left to give them are not waited for
+            while self.slots and (self.pending or any(s.job is not None for s in self.slots.values())):
+                done, _ = ray.wait(list(self.slots), num_returns=1, timeout=1.0)
+                for ref in done:
+                    slot = self.slots.pop(ref)
+                    try:
+                        value = ray.get(ref)
+                    except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                            ray.exceptions.ObjectLostError) as exc:
+                        self._on_lost(slot, exc)
+                        continue
+                    except ray.exceptions.RayTaskError as exc:     # not expected: train() returns its errors
+                        if slot.job is not None:
+                            index, slot.job = slot.job, None
+                            self._record(index, "failed", error=_ray_error(exc), worker=slot.info.get("worker"))
+                        self._retire(slot)
+                        self._spawn()
+                        continue
+                    if not slot.ready:
+                        self._on_ready(slot, value)
+                    else:
+                        self._on_trained(slot, value)
+                    if not self._submit(slot):
+                        self._retire(slot)     # nothing left for it: free its GPU/CPU for the others
+                if not self.slots and self.pending:
+                    raise BASError("no worker is left to train the remaining scenes")
+        except BaseException as exc:
+            self._stop(cancelled=True)
+            result = self._result()
+            if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, BatchInterrupted):
+                raise BatchInterrupted(result) from None
+            raise
+        self._stop(cancelled=False)
+        return self._result()
+
+    def _stop(self, cancelled: bool) -> None:
+        """Kill every worker (a training run in flight stops at once; packs are only written here)."""
+        for slot in list(self.slots.values()):
+            self._retire(slot)
+        self.slots.clear()
+        for index, record in enumerate(self.records):
+            if record is None:
+                job = self.jobs[index]
+                self.records[index] = {"scene": job.name, "source": job.source,
+                                       "status": "cancelled" if cancelled else "failed", "seconds": None,
+                                       "losses": None, "error": "cancelled before it finished" if cancelled
+                                       else "not run", "attempts": self.attempts[index], "worker": None,
+                                       "pack": None}
+        self.progress.close()
+        self.log.finish(self.records)
+
+    def _result(self) -> BatchResult:
+        return BatchResult(self.out_dir, list(self.records), time.monotonic() - self.start, self.size)
