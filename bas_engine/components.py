@@ -10,7 +10,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .errors import ModelError
-from .families import SD1, Family, family_for_unet, get_family, supported_labels
+from .families import FAMILIES, SD1, Family, TextEncoderSpec, family_for_unet, get_family, supported_labels
 
 
 @dataclass
@@ -23,6 +23,10 @@ class SDComponents:
     tokenizer: CLIPTokenizer
     noise_scheduler: DDPMScheduler
     family: str
+    #: the family's second text encoder and its tokenizer (SDXL: OpenCLIP-G with its projection), as
+    #: diffusers' SDXL pipeline names them; None for one-encoder families
+    text_encoder_2: CLIPTextModel | None = None
+    tokenizer_2: CLIPTokenizer | None = None
 
     @property
     def spec(self) -> Family:
@@ -39,6 +43,19 @@ class SDComponents:
 
     def fingerprint(self) -> str:
         return model_fingerprint(self.unet)
+
+    def text_encoders(self) -> list[tuple[TextEncoderSpec, CLIPTokenizer, torch.nn.Module]]:
+        """(family entry, tokenizer, module) of each text encoder, in the family's order."""
+        modules = [(self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)]
+        pairs = list(zip(self.spec.text_encoders, modules))
+        missing = [spec.name for spec, (tokenizer, encoder) in pairs if tokenizer is None or encoder is None]
+        if missing:
+            raise ModelError(f"this {self.spec.label} model lacks its {', '.join(missing)} text encoder or tokenizer")
+        return [(spec, tokenizer, encoder) for spec, (tokenizer, encoder) in pairs]
+
+    def modules(self) -> list[torch.nn.Module]:
+        """UNet, VAE and every text encoder (for device moves, dtype casts and freezing)."""
+        return [self.unet, self.vae, self.text_encoder] + ([self.text_encoder_2] if self.text_encoder_2 else [])
 
 
 def canonical_text_encoder_name(name: str) -> str:
@@ -58,7 +75,8 @@ def text_encoder_part(text_encoder: torch.nn.Module, name: str, parameter: bool 
 def detect_family(unet: UNet2DConditionModel) -> str:
     """Name the model family from the UNet's cross-attention width and extra conditioning.
 
-    Small test models with another width and no extra conditioning are SD1-like (one CLIP text encoder).
+    Small test models with another width and no extra conditioning are SD1-like (one CLIP text encoder);
+    with SDXL's "text_time" conditioning they are SDXL-like (two text encoders, pooled output).
     """
     context = unet.config.cross_attention_dim
     if isinstance(context, (list, tuple)):
@@ -69,6 +87,10 @@ def detect_family(unet: UNet2DConditionModel) -> str:
         return family.key
     if extra is None:
         return SD1.key
+    # Small test models of a family with extra conditioning (SDXL-shaped, other widths)
+    for family in FAMILIES.values():
+        if family.addition_embed_type == extra:
+            return family.key
     raise ModelError(f"this UNet takes extra conditioning {extra!r} (cross-attention width {context}); "
                      f"Break-A-Scene here supports {supported_labels()}")
 

@@ -1,19 +1,29 @@
-"""Generation with a concept pack on a diffusers Stable Diffusion pipeline."""
+"""Generation with a concept pack on a diffusers Stable Diffusion (SD1.x / SD2.x) or SDXL pipeline."""
 from __future__ import annotations
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from .components import SDComponents, detect_family, model_fingerprint, text_encoder_part
 from .errors import PackError
 from .families import get_family
 from .lora import lora_deltas
+from .conditioning import pool_at_end_of_text
 from .pack import ConceptPack, check_compatible
 
 
-def build_pipeline(components: SDComponents) -> StableDiffusionPipeline:
-    """A StableDiffusionPipeline on the components (shares their modules) with a DDIM sampler."""
+def build_pipeline(components: SDComponents) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    """A StableDiffusionPipeline (SDXL: StableDiffusionXLPipeline) on the components (shares their modules) with
+    a DDIM sampler."""
     scheduler = DDIMScheduler.from_config(components.noise_scheduler.config)
+    if components.text_encoder_2 is not None:
+        pool_at_end_of_text(components.text_encoder_2, components.tokenizer_2)
+        pipe = StableDiffusionXLPipeline(
+            vae=components.vae, text_encoder=components.text_encoder, text_encoder_2=components.text_encoder_2,
+            tokenizer=components.tokenizer, tokenizer_2=components.tokenizer_2, unet=components.unet,
+            scheduler=scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
     pipe = StableDiffusionPipeline(
         vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
         unet=components.unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
@@ -31,26 +41,29 @@ def apply_pack(pipe: StableDiffusionPipeline, pack: ConceptPack, scale: float = 
     Returns compatibility warnings (other base weights of the same family).
     """
     family = detect_family(pipe.unet)
-    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
-    encoder_name = get_family(family).text_encoders[0].name
-    warnings = check_compatible(pack, family, model_fingerprint(pipe.unet), strict,
-                                encoder_widths={encoder_name: encoder.get_input_embeddings().embedding_dim})
-    vectors = pack.handles[encoder_name]
-    if any(t in tokenizer.get_vocab() for t in pack.tokens):
+    # (pack name, tokenizer, encoder) of each text encoder: "text_encoder", "text_encoder_2" as diffusers names them
+    encoders = [(attr, getattr(pipe, attr.replace("text_encoder", "tokenizer")), getattr(pipe, attr))
+                for attr in ("text_encoder", "text_encoder_2")[:len(get_family(family).text_encoders)]]
+    specs = get_family(family).text_encoders
+    warnings = check_compatible(pack, family, model_fingerprint(pipe.unet), strict, encoder_widths={
+        spec.name: encoder.get_input_embeddings().embedding_dim for spec, (_, _, encoder) in zip(specs, encoders)})
+    if any(t in tokenizer.get_vocab() for _, tokenizer, _ in encoders for t in pack.tokens):
         raise PackError(f"the pipeline already has tokens {pack.tokens}; apply a pack once per pipeline")
-    tokenizer.add_tokens(pack.tokens)
-    encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows are set below
-    ids = tokenizer.convert_tokens_to_ids(pack.tokens)
-    weight = encoder.get_input_embeddings().weight
-    weight[ids] = vectors.to(weight.device, weight.dtype)
+    for spec, (attr, tokenizer, encoder) in zip(specs, encoders):
+        tokenizer.add_tokens(pack.tokens)
+        encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows are set below
+        ids = tokenizer.convert_tokens_to_ids(pack.tokens)
+        weight = encoder.get_input_embeddings().weight
+        weight[ids] = pack.handles[spec.name].to(weight.device, weight.dtype)
+        for path, delta in lora_deltas(pack.lora, attr).items():
+            _add(text_encoder_part(encoder, path).weight, delta, scale)
     for path, delta in lora_deltas(pack.lora, "unet").items():
         _add(pipe.unet.get_submodule(path).weight, delta, scale)
-    for path, delta in lora_deltas(pack.lora, "text_encoder").items():
-        _add(text_encoder_part(encoder, path).weight, delta, scale)
+    text_encoders = {attr: encoder for attr, _, encoder in encoders}
     for key, delta in pack.deltas.items():
         model, _, name = key.partition(".")
         target = (pipe.unet.get_parameter(name) if model == "unet"
-                  else text_encoder_part(encoder, name, parameter=True))
+                  else text_encoder_part(text_encoders[model], name, parameter=True))
         _add(target, delta, scale)
     return warnings
 

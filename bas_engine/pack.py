@@ -11,7 +11,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .errors import PackError
-from .families import family_label
+from .families import FAMILIES, family_label
 from .fileio import save_safetensors_atomic
 
 FORMAT_NAME = "break-a-scene-concept-pack"
@@ -206,21 +206,26 @@ def _kohya_name(prefix: str, path: str) -> str:
 
 
 def export_kohya_lora(pack: ConceptPack) -> dict[str, torch.Tensor]:
-    """The pack's LoRA in kohya keys (lora_unet_…, lora_te_text_model_…) with the true alpha.
+    """The pack's LoRA in kohya keys (lora_unet_…, lora_te_text_model_… ; SDXL: lora_te1_… and lora_te2_…, the
+    family table's ``kohya_prefix`` of each text encoder) with the true alpha.
 
     ComfyUI's LoraLoader, diffusers' load_lora_weights and A1111 all read this layout.
     """
     if pack.mode != "lora":
         raise PackError("only LoRA packs export as a LoRA file; this pack was trained in full mode")
+    # pack prefix of each text encoder ("text_encoder", "text_encoder_2") -> kohya prefix
+    specs = FAMILIES[pack.family].text_encoders if pack.family in FAMILIES else ()
+    text_prefixes = {("text_encoder" if i == 0 else f"text_encoder_{i + 1}"): spec.kohya_prefix
+                     for i, spec in enumerate(specs)} or {"text_encoder": "lora_te"}
     out = {}
     for key, value in pack.lora.items():
         model, _, rest = key.partition(".")
         path, _, part = rest.rpartition(".")
         if model == "unet":
             base = _kohya_name("lora_unet", path)
-        elif model == "text_encoder":
+        elif model in text_prefixes:
             # packs store transformers-5 names ("encoder.layers…"); kohya spells them "text_model.encoder…"
-            base = _kohya_name("lora_te", "text_model." + path.removeprefix("text_model."))
+            base = _kohya_name(text_prefixes[model], "text_model." + path.removeprefix("text_model."))
         else:
             raise PackError(f"unexpected LoRA key {key!r} in pack")
         name = {"lora_down": "lora_down.weight", "lora_up": "lora_up.weight", "alpha": "alpha"}[part]
@@ -234,10 +239,16 @@ def embedding_file_stem(pack_name: str, concept_name: str) -> str:
 
 
 def export_embeddings(pack: ConceptPack, encoder: str | None = None) -> dict[str, dict[str, torch.Tensor]]:
-    """{concept name: single-key state dict} — key is the token, value (1, dim).
-
-    One key per file is what both ComfyUI's `embedding:` loader and diffusers' load_textual_inversion read.
+    """{concept name: state dict}: for one text encoder a single key, the token, value (1, dim) — what both
+    ComfyUI's `embedding:` loader and diffusers' load_textual_inversion read; for a family whose encoders
+    have embedding keys (SDXL) one key per encoder, ``clip_l`` (1, 768) and ``clip_g`` (1, 1280), which
+    ComfyUI's loader picks per encoder (diffusers: load_textual_inversion(state["clip_g"], token=…,
+    text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2), and the same with clip_l).
     """
+    specs = FAMILIES[pack.family].text_encoders if pack.family in FAMILIES else ()
+    if encoder is None and len(specs) > 1 and all(spec.embedding_key for spec in specs):
+        return {name: {spec.embedding_key: pack.handles[spec.name][i:i + 1].float().contiguous() for spec in specs}
+                for i, name in enumerate(pack.names)}
     encoder = encoder or next(iter(pack.handles))
     vectors = pack.handles[encoder]
     return {name: {token: vectors[i:i + 1].float().contiguous()}

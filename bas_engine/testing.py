@@ -13,7 +13,7 @@ import tempfile
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.loaders import single_file_utils as sfu
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .components import SDComponents, detect_family
 from .errors import ModelError
@@ -102,6 +102,44 @@ def sd15_shaped_components(seed: int = 0, prediction_type: str = "epsilon") -> S
     return _assemble(unet, vae, text_encoder, tokenizer, prediction_type)
 
 
+def tiny_sdxl_components(seed: int = 0, prediction_type: str = "epsilon") -> SDComponents:
+    """SDXL-shaped, tiny: two text encoders of different widths (CLIP-L-like 32 wide, OpenCLIP-G-like 48 wide
+    with a projection) whose penultimate states make an 80-wide context, the pooled projection and the six
+    time ids in the UNet's added embedding ("text_time"), and SDXL's level layout: no attention at full
+    latent size, cross-attention at 1/2 and 1/4, the deepest level and the mid block with two transformer
+    layers (SDXL: 10). At 64 px: latents 32x32, attention maps 8x8.
+
+    The G encoder's config keeps SDXL's legacy ``eos_token_id=2``, with which transformers pools at the
+    highest token id (a handle, once handles are added): the engine must not rely on it.
+    """
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    tokenizer_2 = tiny_tokenizer()
+    tokenizer_2.pad_token = "!"                     # OpenCLIP pads with "!" (id 0), CLIP-L with end-of-text
+    time_dim, pooled_dim = 8, 48
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64, 64), norm_num_groups=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2), cross_attention_dim=32 + 48, attention_head_dim=4,
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + pooled_dim)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=8, sample_size=64, scaling_factor=0.13025)
+    text_encoder = _text_encoder(tokenizer, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, hidden_act="quick_gelu")
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(
+        vocab_size=len(tokenizer_2), max_position_embeddings=77, hidden_size=48, intermediate_size=96,
+        num_hidden_layers=3, num_attention_heads=4, hidden_act="gelu", projection_dim=pooled_dim,
+        bos_token_id=0, eos_token_id=2, pad_token_id=1))
+    components = _assemble(unet, vae, text_encoder, tokenizer, prediction_type)
+    text_encoder_2.eval()
+    components.text_encoder_2, components.tokenizer_2 = text_encoder_2, tokenizer_2
+    return components
+
+
 def _text_encoder(tokenizer: CLIPTokenizer, **shape) -> CLIPTextModel:
     return CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
@@ -135,8 +173,14 @@ def synthetic_scene(size: int = 128, concepts: int = 3, seed: int = 0):
 
 def save_model(components: SDComponents, path: str) -> None:
     """Write the components as a diffusers folder."""
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    if components.text_encoder_2 is not None:
+        StableDiffusionXLPipeline(
+            vae=components.vae, text_encoder=components.text_encoder, text_encoder_2=components.text_encoder_2,
+            tokenizer=components.tokenizer, tokenizer_2=components.tokenizer_2, unet=components.unet,
+            scheduler=components.noise_scheduler).save_pretrained(path, safe_serialization=True)
+        return
     pipe = StableDiffusionPipeline(
         vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
         unet=components.unet, scheduler=components.noise_scheduler, safety_checker=None,

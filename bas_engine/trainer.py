@@ -16,11 +16,13 @@ import torch.nn.functional as F
 from .attention import AttentionCapture
 from .callbacks import PreviewEvent, ProgressEvent, TrainCallbacks
 from .components import SDComponents, canonical_text_encoder_name
+from .conditioning import TextConditioning, time_ids
 from .config import TrainConfig
-from .handles import Handles, default_tokens
-from .latents import CachedPosterior, SceneTensors
+from .handles import default_tokens
+from .latents import CachedPosterior, SceneTensors, training_size
 from .lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, inject_lora, lora_state_dict, remove_lora
 from .losses import attention_loss, masked_diffusion_loss
+from .memory import check_fits
 from .pack import ConceptPack
 from .sampling import ConceptSampler
 from .scene import Scene
@@ -68,21 +70,24 @@ class TrainingRun:
     def __enter__(self) -> "TrainingRun":
         c, config = self.c, self.config
         self.base_fingerprint = c.fingerprint()  # before anything is attached to the modules
-        for module in (c.unet, c.vae, c.text_encoder):
+        vae_scale = 2 ** (len(c.vae.config.block_out_channels) - 1)
+        # A size that cannot fit is an error before anything is allocated (CUDA: against its free memory).
+        check_fits(c.unet, list(c.modules()), training_size(*self.scene.image.shape[-2:], config.resolution, vae_scale),
+                   vae_scale, config.batch_size, config.gradient_checkpointing, 2 if self.autocast_dtype else 4,
+                   self.device)
+        for module in c.modules():
             self._undo.append(_restore_module_state(module))
             module.requires_grad_(False)
-        c.unet.to(self.device)
-        c.text_encoder.to(self.device)
-        c.vae.to(self.device)
+            module.to(self.device)
         initializers = [init or (name if name != f"asset{i}" else None)
                         for i, (name, init) in enumerate(zip(self.scene.names, self.scene.initializers))]
-        self.handles = Handles(c.tokenizer, c.text_encoder, self.tokens, initializers)
-        self.handles.attach()
-        self._undo.append(self.handles.detach)
+        # the handles in every text encoder of the family, and how the UNet's text inputs are built
+        self.text = TextConditioning(c, self.tokens, initializers)
+        self.text.attach()
+        self._undo.append(self.text.detach)
         self.capture = AttentionCapture(c.unet, config.attention_downscale, c.spec.attention_blocks)
         self.capture.install()
         self._undo.append(self.capture.remove)
-        vae_scale = 2 ** (len(c.vae.config.block_out_channels) - 1)
         # Latent sides must pass every UNet downsampling and give whole attention-map pixels.
         latent_multiple = max(2 ** (len(c.unet.down_blocks) - 1), self.capture.downscale)
         self.scene_t = SceneTensors(self.scene, c.vae, config.resolution, vae_scale * latent_multiple, vae_scale,
@@ -153,12 +158,13 @@ class TrainingRun:
     def start_phase(self, phase: int) -> torch.optim.Optimizer:
         """Phase 1: the handle vectors. Phase 2: the handles (slowly) and the denoiser's weights."""
         config = self.config
-        handles = self.handles.vectors
-        handles.requires_grad_(True)
+        handles = self.text.vectors
+        for vectors in handles:
+            vectors.requires_grad_(True)
         if phase == 1:
-            groups = [{"params": [handles], "lr": config.phase1_lr}]
+            groups = [{"params": handles, "lr": config.phase1_lr}]
         else:
-            groups = [{"params": [handles], "lr": config.phase2_handle_lr},
+            groups = [{"params": handles, "lr": config.phase2_handle_lr},
                       {"params": self._phase2_parameters(), "lr": config.denoiser_lr}]
         return self.make_optimizer(groups)
 
@@ -172,17 +178,18 @@ class TrainingRun:
             alpha = config.lora_alpha or config.lora_rank
             self.unet_lora = inject_lora(c.unet, UNET_TARGETS, config.lora_rank, alpha, lora_generator)
             self._undo.append(lambda: remove_lora(c.unet, self.unet_lora))
-            self.text_lora = {}
+            self.text_lora = {}   # pack prefix ("text_encoder", "text_encoder_2") -> adapters
             if config.train_text_encoder:
-                self.text_lora = inject_lora(c.text_encoder, TEXT_ENCODER_TARGETS, config.lora_rank, alpha,
-                                             lora_generator)
-                self._undo.append(lambda: remove_lora(c.text_encoder, self.text_lora))
-            adapters = list(self.unet_lora.values()) + list(self.text_lora.values())
+                for prefix, encoder in self._text_encoder_modules().items():
+                    adapters = inject_lora(encoder, TEXT_ENCODER_TARGETS, config.lora_rank, alpha, lora_generator)
+                    self.text_lora[prefix] = adapters
+                    self._undo.append(lambda encoder=encoder, adapters=adapters: remove_lora(encoder, adapters))
+            adapters = list(self.unet_lora.values()) + [a for text in self.text_lora.values() for a in text.values()]
             params = [p for a in adapters for p in (a.down, a.up)]
         else:
             modules = {"unet": c.unet}
             if config.train_text_encoder:
-                modules["text_encoder"] = c.text_encoder
+                modules.update(self._text_encoder_modules())
             self.full_params = {f"{prefix}.{name}": p for prefix, module in modules.items()
                                 for name, p in module.named_parameters()
                                 if "token_embedding" not in name}
@@ -194,6 +201,11 @@ class TrainingRun:
         for p in params:
             p.requires_grad_(True)
         return params
+
+    def _text_encoder_modules(self) -> dict[str, torch.nn.Module]:
+        """The text encoders by the names packs give them: "text_encoder", "text_encoder_2" (as diffusers)."""
+        return {("text_encoder" if i == 0 else f"text_encoder_{i + 1}"): encoder
+                for i, (_, _, encoder) in enumerate(self.c.text_encoders())}
 
     @torch.no_grad()
     def _restore_full_weights(self) -> None:
@@ -223,14 +235,13 @@ class TrainingRun:
         noisy = c.noise_scheduler.add_noise(latents, noise, timesteps)
         target = noise if c.prediction_type == "epsilon" else c.noise_scheduler.get_velocity(latents, noise, timesteps)
 
-        input_ids = self.handles.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt",
-                                           max_length=self.handles.tokenizer.model_max_length).input_ids.to(device)
+        input_ids = self.text.tokenize(prompts, device)
         use_attention = config.attention_loss_weight > 0
         if use_attention or self.record_maps:
-            self.capture.store.start(self.handles.positions(input_ids[:len(draws)]))
+            self.capture.store.start(self.text.positions(input_ids)[:len(draws)])
         with _autocast(self.autocast_dtype, device):
-            context = c.text_encoder(input_ids)[0]
-            prediction = c.unet(noisy, timesteps, context).sample
+            context, added = self.text.encode(input_ids, self._size_ids(len(draws), len(prompts) - len(draws)))
+            prediction = c.unet(noisy, timesteps, context, added_cond_kwargs=added).sample
 
         instances = len(draws)
         losses = {"diffusion": masked_diffusion_loss(prediction[:instances], target[:instances],
@@ -248,6 +259,15 @@ class TrainingRun:
             loss = loss + config.prior_loss_weight * losses["prior"]
         losses["loss"] = loss
         return losses
+
+    def _size_ids(self, instances: int, class_images: int) -> torch.Tensor | None:
+        """SDXL's time ids: the scene image's own size as the original, no crop, the training size as target
+        (class images were generated at the training size). None for families without them."""
+        if self.c.spec.pooled_encoder is None:
+            return None
+        size = self.scene_t.size
+        return torch.cat([time_ids(self.scene.image.shape[-2:], (0, 0), size, instances),
+                          time_ids(size, (0, 0), size, class_images)])
 
     def _class_latents(self, count: int) -> torch.Tensor:
         posterior = self.class_posteriors
@@ -278,15 +298,16 @@ class TrainingRun:
         lora, deltas = {}, {}
         if config.phase2_steps > 0 and config.mode == "lora":
             lora = lora_state_dict(self.unet_lora, "unet")
-            lora.update(lora_state_dict({canonical_text_encoder_name(k): v for k, v in self.text_lora.items()},
-                                        "text_encoder"))
+            for prefix, adapters in self.text_lora.items():
+                lora.update(lora_state_dict({canonical_text_encoder_name(k): v for k, v in adapters.items()},
+                                            prefix))
         elif config.phase2_steps > 0:
             with torch.no_grad():
                 for key, p in self.full_params.items():
                     delta = p.detach().cpu() - self.base_weights[key]
                     if torch.count_nonzero(delta):
                         model, _, name = key.partition(".")
-                        if model == "text_encoder":
+                        if model.startswith("text_encoder"):
                             key = f"{model}.{canonical_text_encoder_name(name)}"
                         deltas[key] = delta.contiguous()
         final_losses = {k: float(torch.stack(list(v)).float().mean()) for k, v in self.losses.items()}
@@ -295,7 +316,7 @@ class TrainingRun:
                 "settings": config.to_dict(), "losses": final_losses,
                 "training_size": list(self.scene_t.size), "attention_downscale": self.capture.downscale}
         return ConceptPack(list(self.tokens), list(self.scene.names), list(self.scene.initializers),
-                           {c.encoder_name: self.handles.vectors.detach().float().cpu().clone()},
+                           self.text.handle_vectors(),
                            "lora" if config.mode == "lora" else "full", lora, deltas, meta)
 
 
