@@ -68,3 +68,57 @@ def test_bad_inputs_are_clear_errors(model_dir, tmp_path, capsys):
                  "--out", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_options_take_their_defaults_from_train_config():
+    """One source of defaults: `bas extract` with no options trains with TrainConfig()."""
+    from bas_engine.cli import _train_config, build_parser
+    from bas_engine.config import TrainConfig
+
+    args = build_parser().parse_args(["extract", "scene", "--model", "m", "--out", "o"])
+    assert _train_config(args) == TrainConfig()
+    args = build_parser().parse_args(["extract", "scene", "--model", "m", "--out", "o", "--no-masked-loss",
+                                      "--tokens", "<a>,<b>", "--lora-alpha", "8"])
+    config = _train_config(args)
+    assert (config.masked_loss, config.tokens, config.lora_alpha) == (False, ["<a>", "<b>"], 8.0)
+
+
+def test_out_of_range_resolution_is_a_clear_error_before_loading(model_dir, tmp_path, capsys):
+    scene = tmp_path / "scene"
+    scene.mkdir()
+    Image.new("RGB", (32, 32), "red").save(scene / "img.png")
+    Image.new("L", (32, 32), 255).save(scene / "mask0.png")
+    assert main(["extract", str(scene), "--model", str(tmp_path / "not-loaded"), "--out", str(tmp_path / "p"),
+                 "--resolution", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert "resolution must be between 64 and 4096, got 100000" in err and "Traceback" not in err
+
+
+def test_pack_of_another_model_is_refused_before_tensor_work(trained, model_dir, tmp_path, capsys):
+    """A pack trained on the tiny model (32-wide clip_l) used with the toy model (768-wide, also SD1.x)."""
+    from bas_engine.pack import save_pack
+
+    pack, _ = trained
+    pack_path = str(tmp_path / "tiny.safetensors")
+    save_pack(pack, pack_path)
+    toy = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bas_toyworld", "weights", "toy_sd")
+    assert main(["generate", pack_path, "--model", toy, "--prompt", "<asset0>", "--out", str(tmp_path / "img"),
+                 "--steps", "1", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"concept pack {pack_path!r} was trained on a model whose clip_l text encoder is 32 wide, but the " \
+           "model given has a 768-wide clip_l" in err
+    assert "Traceback" not in err and not (tmp_path / "img").exists()
+
+
+def test_progress_bar_writes_at_a_bounded_rate_into_a_log():
+    import io
+
+    from bas_engine.cli import progress_bar
+
+    log = io.StringIO()                      # not a terminal
+    with progress_bar(8000, "step", log) as bar:
+        for _ in range(8000):
+            bar.update(1)
+    lines = [line for line in log.getvalue().replace("\r", "\n").splitlines() if line.strip()]
+    assert 1 <= len(lines) <= 3, lines        # start, (maybe one timed line), end: not 8,000 lines
+    assert "8000/8000" in lines[-1]

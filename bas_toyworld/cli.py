@@ -1,0 +1,85 @@
+"""The toy world's `bas` subcommands (`bas demo`, `bas fidelity`), registered through the `bas.commands`
+entry-point group (pyproject.toml), so the engine's CLI never imports the toy world."""
+from __future__ import annotations
+
+import argparse
+
+from bas_engine.errors import BASError
+from bas_engine.scene import split_list
+
+
+def register_demo(sub: argparse._SubParsersAction) -> None:
+    """Add `bas demo`."""
+    p = sub.add_parser("demo", help="the toy world end to end: extract three novel objects, recombine, judge, report")
+    p.add_argument("--out", default="out/demo", help="folder for report.html, scores.json, the pack (default out/demo)")
+    p.add_argument("--model", help="toy model folder (default: the committed bas_toyworld/weights/toy_sd)")
+    p.add_argument("--scene", type=int, default=0, help="seed of the toy scene")
+    p.add_argument("--phase1-steps", type=int, default=400)
+    p.add_argument("--phase2-steps", type=int, default=400)
+    p.add_argument("--mode", choices=["lora", "full"], default="lora")
+    p.add_argument("--images", type=int, default=4, help="images per prompt")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    p.set_defaults(run=cmd_demo)
+
+
+def register_fidelity(sub: argparse._SubParsersAction) -> None:
+    """Add `bas fidelity`."""
+    p = sub.add_parser("fidelity", help="the method and its ablations on held-out toy scenes: mean ± 95%% CI table")
+    p.add_argument("--out", default="out/fidelity", help="folder for table.md, results.json and per-run records")
+    p.add_argument("--model", help="toy model folder (default: the committed one)")
+    p.add_argument("--variants", help="comma-separated subset of: method, no_phase1, no_masked_loss, "
+                                      "no_attention_loss, no_union_sampling, full_finetune")
+    p.add_argument("--scenes", type=int, default=3, help="held-out scenes (seeds 1..N; the demo uses 0)")
+    p.add_argument("--seeds", type=int, default=2, help="training seeds per scene")
+    p.add_argument("--phase1-steps", type=int, default=400)
+    p.add_argument("--phase2-steps", type=int, default=400)
+    p.add_argument("--images", type=int, default=2, help="images per prompt")
+    p.add_argument("--workers", type=int, default=2, help="parallel runs (processes, one thread each)")
+    p.set_defaults(run=cmd_fidelity)
+
+
+def _check_toy_model(model: str | None) -> None:
+    from .extraction import DEFAULT_MODEL
+
+    if model is None and not (DEFAULT_MODEL / "model_index.json").is_file():
+        raise BASError(f"the committed toy model is missing at {DEFAULT_MODEL}; reinstall the package or pass --model "
+                       "(make one with scripts/pretrain_toy.py)")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import DemoSettings, run_demo
+
+    _check_toy_model(args.model)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    for name in ("phase1_steps", "phase2_steps"):
+        if getattr(args, name) < 0:
+            raise BASError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    if args.images < 1:
+        raise BASError(f"--images must be at least 1, got {args.images}")
+    settings = DemoSettings(scene_seed=args.scene, phase1_steps=args.phase1_steps, phase2_steps=args.phase2_steps,
+                            mode=args.mode, image_seeds=tuple(range(args.images)))
+    if args.guidance is not None:
+        settings.guidance = args.guidance
+    run_demo(args.out, args.model, settings)
+
+
+def cmd_fidelity(args: argparse.Namespace) -> None:
+    from .fidelity import VARIANTS, FidelitySettings, run_fidelity
+
+    _check_toy_model(args.model)
+    variants = tuple(split_list(args.variants) or VARIANTS)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise BASError(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    for name in ("scenes", "seeds", "images", "workers"):
+        if getattr(args, name) < 1:
+            raise BASError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    settings = FidelitySettings(variants=variants, scene_seeds=tuple(range(1, args.scenes + 1)),
+                                train_seeds=tuple(range(args.seeds)), phase1_steps=args.phase1_steps,
+                                phase2_steps=args.phase2_steps, image_seeds=tuple(range(args.images)),
+                                workers=args.workers, model_dir=args.model)
+    run_fidelity(args.out, settings)
