@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.training_utils import EMAModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -109,47 +110,35 @@ def latent_scaling(vae, stream: SceneStream, n: int = 128) -> tuple[float, float
     return 1.0 / float(post.sample().std()), 10 * math.log10(1.0 / max(mse, 1e-10))
 
 
-class EMA:
-    """Exponential moving average of parameters; robust to a run cut short by the deadline."""
+def ema_of(modules: list[torch.nn.Module]) -> EMAModel:
+    """diffusers' EMAModel over the modules' parameters: decay min(0.998, (1 + n) / (10 + n)) at the n-th update
+    (the first update copies). The committed toy weights were made with an earlier hand-written EMA whose first
+    update used decay 0.1 instead of 0 (and lerp instead of EMAModel's subtraction): a rerun matches them up to
+    float rounding, not bit for bit."""
+    return EMAModel([p for m in modules for p in m.parameters()], decay=0.998)
 
-    def __init__(self, modules: list[torch.nn.Module], decay: float):
-        self.params = [p for m in modules for p in m.parameters()]
-        self.shadow = [p.detach().clone() for p in self.params]
-        self.decay = decay
 
-    @torch.no_grad()
-    def update(self, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        for s, p in zip(self.shadow, self.params):
-            s.lerp_(p.detach(), 1 - d)
+@torch.no_grad()
+def averaged_copies(ema: EMAModel, modules: list[torch.nn.Module]) -> list[torch.nn.Module]:
+    """Deep copies of ``modules`` (the ones the EMA was made over, same order) holding the EMA weights."""
+    import copy
 
-    @torch.no_grad()
-    def copy_to_params(self) -> None:
-        for s, p in zip(self.shadow, self.params):
-            p.copy_(s)
-
-    @torch.no_grad()
-    def averaged_copies(self, modules: list[torch.nn.Module]) -> list[torch.nn.Module]:
-        """Deep copies of ``modules`` (the ones given to __init__, same order) holding the EMA weights."""
-        import copy
-
-        copies = [copy.deepcopy(m) for m in modules]
-        for s, p in zip(self.shadow, [p for m in copies for p in m.parameters()]):
-            p.copy_(s)
-        return copies
+    copies = [copy.deepcopy(m) for m in modules]
+    ema.copy_to([p for m in copies for p in m.parameters()])
+    return copies
 
 
 def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: SceneStream, steps: int, batch: int,
                     lr: float, text_lr: float, deadline: float, seed: int, log: dict, offset_noise: float = 0.0,
                     high_noise_weight: float = 1.0, checkpoint=None, checkpoint_every: int = 0,
-                    stop_at: int | None = None) -> EMA:
+                    stop_at: int | None = None) -> EMAModel:
     gen = torch.Generator().manual_seed(seed + 1)
     drop_rng = np.random.default_rng([seed, 13])
     opt = torch.optim.AdamW([
         {"params": unet.parameters(), "lr": lr, "base": lr},
         {"params": text_encoder.parameters(), "lr": text_lr, "base": text_lr},
     ], betas=(0.9, 0.99), weight_decay=0.01)
-    ema = EMA([unet, text_encoder], decay=0.998)
+    ema = ema_of([unet, text_encoder])
     acp = scheduler.alphas_cumprod
     val = _validation_batch(vae, tokenizer, scheduler, seed)
     log["val"] = []
@@ -189,7 +178,7 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
         opt.step()
-        ema.update(step)
+        ema.step([p for m in (unet, text_encoder) for p in m.parameters()])
         hist.append(loss.item())
         if step % 200 == 0 or step == steps - 1:
             log["val"].append({"step": step, **_conditioning_gap(unet, text_encoder, val)})
@@ -329,8 +318,8 @@ def main(argv: list[str] | None = None) -> dict:
     log["vae_scaling_factor"], log["vae_psnr_db"] = sf, psnr
     print(f"vae: scaling_factor {sf:.4f}, reconstruction PSNR {psnr:.1f} dB", flush=True)
 
-    def checkpoint(ema: EMA, step: int) -> None:
-        u, t = ema.averaged_copies([unet, text_encoder])
+    def checkpoint(ema: EMAModel, step: int) -> None:
+        u, t = averaged_copies(ema, [unet, text_encoder])
         save_pipeline(out / "checkpoint", vae, u, t, tokenizer, scheduler)
         (out / "checkpoint" / "step.txt").write_text(str(step))
 
@@ -338,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
                           a.text_lr, end, a.seed, log, offset_noise=a.offset_noise,
                           high_noise_weight=a.high_noise_weight, checkpoint=checkpoint,
                           checkpoint_every=a.checkpoint_every, stop_at=a.unet_stop_at)
-    ema.copy_to_params()
+    ema.copy_to([p for m in (unet, text_encoder) for p in m.parameters()])
     model_dir = out / "model"
     save_pipeline(model_dir, vae, unet, text_encoder, tokenizer, scheduler)
     log["weights_mb"] = weights_size_mb(model_dir)
