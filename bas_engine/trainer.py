@@ -72,9 +72,9 @@ class TrainingRun:
         self.base_fingerprint = c.fingerprint()  # before anything is attached to the modules
         vae_scale = 2 ** (len(c.vae.config.block_out_channels) - 1)
         # A size that cannot fit is an error before anything is allocated (CUDA: against its free memory).
-        check_fits(c.unet, list(c.modules()), training_size(*self.scene.image.shape[-2:], config.resolution, vae_scale),
-                   vae_scale, config.batch_size, config.gradient_checkpointing, 2 if self.autocast_dtype else 4,
-                   self.device)
+        size = training_size(*self.scene.image.shape[-2:], config.resolution, vae_scale)
+        check_fits(c.unet, list(c.modules()), size, vae_scale, config.batch_size, config.gradient_checkpointing,
+                   2 if self.autocast_dtype else 4, self.device)
         for module in c.modules():
             self._undo.append(_restore_module_state(module))
             module.requires_grad_(False)
