@@ -532,9 +532,11 @@ class _Driver:
         self.actor_class = ray.remote(BatchWorker).options(num_gpus=gpus_per_task, num_cpus=cpus_per_task,
                                                             max_restarts=0, max_task_retries=0)
         self.actor_args = (model, tokenizer, prediction_type, device, threads, cache_dir)
-        # a dying worker gets a fresh replacement; this many at most, so a node that kills every worker
-        # (out of memory while loading, say) ends the batch instead of looping
-        self.replacements_left = self.size * (max_retries + 1)
+        # a worker that dies gets a fresh replacement; deaths in training are bounded by the per-scene
+        # retries, but workers that die before they are ready (out of memory while loading, say) would
+        # loop forever: this many of those in a row end the batch
+        self.load_deaths_allowed = 3 * self.size
+        self.load_deaths = 0
         self.records: list[dict | None] = [None] * len(jobs)
         self.attempts = [0] * len(jobs)
         self.pending = deque(range(len(jobs)))
@@ -623,6 +625,7 @@ class _Driver:
             raise BASError(f"worker {info['worker']} loaded other weights (fingerprint {info['fingerprint']}, "
                            f"the others {self.fingerprint}): the model path must hold the same model everywhere")
         slot.ready, slot.info = True, dict(info)
+        self.load_deaths = 0
         self.on_event("worker_ready", dict(info))
 
     def _on_trained(self, slot: _Slot, result: dict) -> None:
@@ -654,11 +657,11 @@ class _Driver:
                 self._record(index, "failed", worker=slot.info.get("worker"),
                              error=f"the worker died {self.attempts[index]} time(s) while training this scene "
                                    f"(--max-retries {self.max_retries}); last: {reason}")
-        if self.replacements_left <= 0:
-            if not self.slots:
-                raise BASError(f"workers keep dying (last: {reason}); no worker is left")
-            return
-        self.replacements_left -= 1
+        if not slot.ready:
+            self.load_deaths += 1
+            if self.load_deaths > self.load_deaths_allowed:
+                raise BASError(f"{self.load_deaths} workers in a row died while loading the model "
+                               f"(last: {reason}); is there enough memory for --model on the workers?")
         self._spawn()
 
     # -- loop ---------------------------------------------------------------------------------------
