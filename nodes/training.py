@@ -7,7 +7,6 @@ management onto the engine's callbacks.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import traceback
@@ -75,27 +74,6 @@ def make_config(settings: dict, num_concepts: int):
     except BASError as exc:
         raise user_error(exc.field if exc.field in NODE_SETTINGS else "settings", exc) from exc
     return config
-
-
-def settings_differences(stored: dict, config) -> list[str]:
-    """Names of the result-changing settings in which a pack's stored settings differ from `config`."""
-    from ..bas_engine.config import RESULT_SETTINGS
-
-    ours = json.loads(json.dumps(config.to_dict()))
-    return [k for k in RESULT_SETTINGS if stored.get(k) != ours.get(k)]
-
-
-def cache_mismatch(pack, fingerprint: str, scene_fingerprint: str, config) -> list[str]:
-    """What differs between a saved pack and this run (empty: the pack is this run's result)."""
-    reasons = []
-    if pack.meta.get("fingerprint") != fingerprint:
-        reasons.append("other model weights")
-    if pack.meta.get("scene_fingerprint") != scene_fingerprint:
-        reasons.append("another scene (image, masks, names or initializers)")
-    changed = settings_differences(pack.meta.get("settings") or {}, config)
-    if changed:
-        reasons.append("other settings (" + ", ".join(changed) + ")")
-    return reasons
 
 
 def trainable_scene(scene):
@@ -266,7 +244,7 @@ class Trainer(io.ComfyNode):
         import comfy.model_management as mm
 
         from ..bas_engine.errors import PackError
-        from ..bas_engine.pack import load_pack, save_pack
+        from ..bas_engine.pack import load_pack, pack_mismatch, save_pack
         from ..bas_engine.preview import mask_overlay, pil_to_tensor
 
         family = model_family(model)
@@ -286,7 +264,7 @@ class Trainer(io.ComfyNode):
             except PackError as exc:
                 raise UserError(f"pack_name: {path} exists but is not a usable concept pack ({exc}); choose another "
                                 "pack_name, or turn on retrain to overwrite it") from exc
-            reasons = cache_mismatch(saved, fingerprint, scene.fingerprint(), config)
+            reasons = pack_mismatch(saved.meta, fingerprint, scene.fingerprint(), config)
             if not reasons:
                 preview = pil_to_tensor(mask_overlay(scene.image, scene.masks, scene_labels(scene)))[None]
                 summary = f"loaded {pack_name}.safetensors (same model, scene and settings; no training)"
