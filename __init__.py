@@ -12,8 +12,10 @@ except ImportError:      # imported outside ComfyUI (packaging tools, linters): 
 
 if folder_paths is not None:
     from .nodes.common import register_model_folder
+    from .nodes.routes import register_routes
 
     register_model_folder()
+    register_routes()          # read-only pack metadata for the page (nodes/routes.py)
 
 
 async def comfy_entrypoint():

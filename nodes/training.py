@@ -16,6 +16,7 @@ from comfy_api.latest import io
 
 from .common import (CATEGORY, UserError, check_clip, check_name, comfy_tokenizer_dir, model_family, packs_dir,
                      prediction_type, unet_fingerprint, user_error)
+from .live import send_cached
 from .scene import scene_labels
 from .types import Concepts, ConceptsType, Scene
 
@@ -90,11 +91,12 @@ def trainable_scene(scene):
 class _Progress:
     """TrainCallbacks targets: ComfyUI progress bar, attention previews, interrupt flag, loss history."""
 
-    def __init__(self, total: int, node_id, labels: list[str]):
+    def __init__(self, total: int, node_id, labels: list[str], live=None):
         import comfy.utils
 
         self.bar = comfy.utils.ProgressBar(total, node_id=node_id)
         self.labels = labels
+        self.live = live            # the node's live view (nodes/live.py), None for none
         self.history: dict[str, list[float]] = {}
         self.last_preview = None
         self.steps = 0
@@ -109,12 +111,16 @@ class _Progress:
         for key in ("diffusion", "attention"):
             if key in event.losses:
                 self.history.setdefault(key, []).append(float(event.losses[key]))
+        if self.live is not None:
+            self.live.on_progress(event)
         self.bar.update_absolute(event.done, event.total)     # the server hook may raise InterruptProcessingException
 
     def on_preview(self, event) -> None:
         from ..bas_engine.preview import attention_overlay
 
         self.last_preview = event
+        if self.live is not None:
+            self.live.on_preview(event)
         picture = attention_overlay(event.image, event.maps, self.labels, event.chosen)
         self.bar.update_absolute(event.done, event.total, ("JPEG", picture, PREVIEW_SIZE))
 
@@ -158,7 +164,11 @@ def train_pack(model, clip, vae, scene, config, node_id):
                     "checkpoint's own weights without them")
     labels = scene_labels(scene)
     steps = max(config.phase1_steps, config.phase2_steps)
-    progress = _Progress(config.phase1_steps + config.phase2_steps, node_id, labels)
+    from ..bas_engine.handles import default_tokens
+    from .live import LiveView
+
+    live = LiveView(node_id, default_tokens(scene.num_concepts), list(scene.names))
+    progress = _Progress(config.phase1_steps + config.phase2_steps, node_id, labels, live)
     callbacks = TrainCallbacks(on_progress=progress.on_progress, should_cancel=progress.should_cancel,
                                on_preview=progress.on_preview,
                                preview_every=max(1, min(50, steps // PREVIEWS_PER_PHASE)))
@@ -268,12 +278,15 @@ class Trainer(io.ComfyNode):
             if not reasons:
                 preview = pil_to_tensor(mask_overlay(scene.image, scene.masks, scene_labels(scene)))[None]
                 summary = f"loaded {pack_name}.safetensors (same model, scene and settings; no training)"
+                send_cached(cls.hidden.unique_id if cls.hidden else None, saved)
                 return io.NodeOutput(Concepts(saved, pack_name, path), preview, ui={"bas_summary": [summary]})
             raise UserError(f"pack_name: {path} already exists and was trained with {'; '.join(reasons)}. Choose "
                             "another pack_name, or turn on retrain to overwrite it.")
 
         pack, progress = train_pack(model, clip, vae, scene, config, cls.hidden.unique_id if cls.hidden else None)
+        pack.meta["live_view"] = progress.live.snapshot()     # what a later cache hit shows in the node
         save_pack(pack, path)
+        progress.live.finish(pack.meta.get("losses") or {})
         preview = pil_to_tensor(progress.picture(scene))[None]
         summary = (f"trained {config.phase1_steps}+{config.phase2_steps} steps ({config.mode}), saved "
                    f"{pack_name}.safetensors")

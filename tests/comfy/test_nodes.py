@@ -283,3 +283,19 @@ def test_prompt_rewrite_keeps_weights(bas):
     parsed = comfy.sd1_clip.token_weights(rewrite("a photo of (<asset0>:1.2)", concepts), 1.0)
     assert (" embedding:scene_cat ", 1.2) in parsed
     assert re.search(r"embedding:scene_cat", rewrite("<asset0>", concepts))
+
+
+# -- the pack-metadata route (nodes/routes.py) ------------------------------------------------------------------
+
+def test_pack_route_refuses_names_outside_the_packs_folder(bas, comfy_dirs):
+    """Only names the break_a_scene folders list are answered; a request string never becomes a path."""
+    summary = bas.module("nodes.routes").pack_summary
+    outside = comfy_dirs.models / "outside.safetensors"
+    outside.write_bytes(b"not read")
+    for name in ("../outside", "../outside.safetensors", "..%2Foutside", str(outside), str(outside)[:-12], "..",
+                 "", "sub/outside", "outside.json", "outside\x00.safetensors"):
+        status, body = summary(name)
+        assert status == 400 and "error" in body, (name, status, body)
+    for name in ("outside", "outside.safetensors", "missing"):
+        status, body = summary(name)
+        assert status == 404 and "no concept pack" in body["error"], (name, status, body)

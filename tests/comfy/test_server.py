@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import time
+import urllib.parse
 
 import pytest
 
@@ -37,6 +38,8 @@ CONTROLNET = "bas_fixture_controlnet_sd15.safetensors"
 PACK = make_workflows.PACK                      # "creature": the pack name the example workflows use
 TINY_TRAIN = dict(phase1_steps=2, phase2_steps=2, resolution=64, lora_rank=4)
 CONTROL_REFERENCE = "control_reference.jpg"
+LIVE_EVENT = "break_a_scene.training"           # nodes/live.py
+CONCEPTS = ["figurine", "bowl", "stone"]         # the creature scene's concept names in the example workflows
 OBJECT_INFO: dict = {}                          # the server's /object_info, filled when the server starts
 
 #: The server runs with glibc's malloc told to serve every block of 64 KiB or more by mmap and to trim freed
@@ -113,7 +116,23 @@ def trained(server, object_info):
     trainer_id = next(k for k, n in api.items() if n["class_type"] == "BreakASceneTrainer")
     progress = [e["data"] for e in events if e["type"] == "progress" and e["data"].get("node") == trainer_id]
     return dict(api=api, result=result, files=files, progress=progress, binaries=binaries,
-                seconds=time.time() - t0, trainer_id=trainer_id)
+                seconds=time.time() - t0, trainer_id=trainer_id, live=live_events(events, trainer_id))
+
+
+def live_events(events: list[dict], trainer_id: str) -> list[dict]:
+    """The trainer's live-view messages (nodes/live.py) among a prompt's websocket messages."""
+    return [e["data"] for e in events if e["type"] == LIVE_EVENT and e["data"].get("node") == trainer_id]
+
+
+def decode_data_url(url: str, kind: str):
+    import base64
+    import io
+
+    from PIL import Image
+
+    prefix = f"data:image/{kind};base64,"
+    assert url.startswith(prefix), url[:40]
+    return Image.open(io.BytesIO(base64.b64decode(url[len(prefix):])))
 
 
 def wait_for_gc(server, seconds: float = 12.0) -> None:
@@ -211,9 +230,82 @@ def test_extract_and_generate(server, trained):
             os.listdir(server.path("models", "embeddings"))
 
 
+def test_live_view_events(trained):
+    """The trainer's live view: progress (history growing to every step), maps of each handle, done; one run id;
+    each message small."""
+    live = trained["live"]
+    kinds = [m["kind"] for m in live]
+    assert kinds and kinds[-1] == "done", kinds
+    assert len({m["run"] for m in live}) == 1
+    progress = [m for m in live if m["kind"] == "progress"]
+    total = TINY_TRAIN["phase1_steps"] + TINY_TRAIN["phase2_steps"]
+    assert progress[0]["done"] == 1 and progress[-1]["done"] == total == progress[-1]["total"]
+    assert [m["done"] for m in progress] == sorted({m["done"] for m in progress})
+    for m in progress:
+        assert m["phase"] in (1, 2) and 1 <= m["step"] <= m["steps"]
+        assert m["rate"] > 0 and m["eta"] >= 0
+        history = m["history"]
+        assert history["steps"] == list(range(1, m["done"] + 1))      # the chart gains a point per step
+        assert all(isinstance(v, float) and v > 0 for v in history["diffusion"] + history["total"])
+        assert len(history["attention"]) == m["done"]
+    assert progress[-1]["eta"] == 0
+    concepts = progress[0]["concepts"]
+    assert [c["token"] for c in concepts] == ["<asset0>", "<asset1>", "<asset2>"]
+    assert [c["name"] for c in concepts] == CONCEPTS
+    assert len({c["color"] for c in concepts}) == 3 and all(len(c["color"]) == 7 for c in concepts)
+    maps = [m for m in live if m["kind"] == "maps"]
+    assert maps, kinds
+    for m in maps:
+        assert len(m["maps"]) == 3 and len(m["chosen"]) == 3
+        for url in m["maps"]:
+            picture = decode_data_url(url, "png")
+            assert picture.mode == "L" and max(picture.size) <= 64
+        assert max(decode_data_url(m["image"], "jpeg").size) <= 192
+    done = live[-1]
+    assert done["cached"] is False and "phase2_loss" in done["losses"]
+    assert done["history"]["steps"] == list(range(1, total + 1)) and len(done["maps"]) == 3
+    assert max(len(json.dumps(m)) for m in live) < 64 * 1024, "live-view messages must stay small"
+
+
 def test_reuse_saved_pack(server, trained):
     result = server.run(tiny("reuse_saved_pack"))
     assert_success(server, result, "reuse_saved_pack")
+
+
+def test_live_view_on_cache_hit(server, trained):
+    """The same workflow again loads the saved pack: the view gets a new run with the stored losses and maps."""
+    api = tiny("extract_and_generate", seed=1)
+    result, events, _ = server.run_ws(api, timeout=600)
+    assert_success(server, result, "extract_and_generate again (cache hit)")
+    live = live_events(events, trained["trainer_id"])
+    assert [m["kind"] for m in live] == ["done"], [m["kind"] for m in live]
+    done, first = live[0], trained["live"][-1]
+    assert done["cached"] is True and done["run"] != first["run"]
+    assert done["losses"] == first["losses"] and done["history"] == first["history"]
+    assert done["maps"] == first["maps"] and [c["name"] for c in done["concepts"]] == CONCEPTS
+
+
+def test_pack_route(server, trained):
+    """GET /break_a_scene/packs/<name>: the pack's handles for the prompt encoder's chips; names outside the
+    packs folder are refused."""
+    for route in (f"/break_a_scene/packs/{PACK}", f"/api/break_a_scene/packs/{PACK}.safetensors"):
+        status, body = server.request("GET", route)
+        assert status == 200, (route, body)
+        assert body["name"] == PACK and body["mode"] == "lora" and body["family"] == "sd1"
+        assert [c["token"] for c in body["concepts"]] == ["<asset0>", "<asset1>", "<asset2>"]
+        assert [c["name"] for c in body["concepts"]] == CONCEPTS
+    assert f"{PACK}.safetensors" in server.get("/break_a_scene/packs")["packs"]
+    # a file outside the packs folder that a path would reach
+    shutil.copyfile(os.path.join(server.packs_dir, f"{PACK}.safetensors"), server.path("models", "outside.safetensors"))
+    refused = {"..%2Foutside": 400, "..%2Foutside.safetensors": 400, "..%2F..%2Fmodels%2Foutside": 400,
+               "%2Fetc%2Fpasswd": 400, urllib.parse.quote(server.path("models", "outside"), safe=""): 400,
+               "..": 400, "outside": 404, "missing.safetensors": 404, "creature.json": 400}
+    for name, expected in refused.items():
+        status, body = server.request("GET", f"/break_a_scene/packs/{name}")
+        assert status in (expected, 404), (name, status, body)      # aiohttp may refuse some paths itself
+        assert "concepts" not in (body if isinstance(body, dict) else {}), (name, body)
+    status, _ = server.request("GET", "/break_a_scene/packs/../../models/outside")
+    assert status == 404
 
 
 def test_controlnet(server, trained):
