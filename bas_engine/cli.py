@@ -157,6 +157,16 @@ def progress_bar(total: int, unit: str, stream=None):
                 ascii=not interactive)
 
 
+def training_progress(bar):
+    """The on_progress callback that shows a run's phase and losses on `bar` (refreshed at the bar's own rate:
+    set_description/set_postfix would otherwise write a line per step)."""
+    def progress(event) -> None:
+        bar.set_description(f"phase {event.phase}", refresh=False)
+        bar.set_postfix({k: f"{v:.4f}" for k, v in event.losses.items()}, refresh=False)
+        bar.update(1)
+    return progress
+
+
 def cmd_extract(args: argparse.Namespace) -> None:
     from .callbacks import TrainCallbacks
     from .models import load_model
@@ -171,11 +181,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
     components = load_model(args.model, args.tokenizer, args.prediction_type)
     total = config.phase1_steps + config.phase2_steps
     with progress_bar(total, "step") as bar:
-        def progress(event):
-            bar.set_description(f"phase {event.phase}")
-            bar.set_postfix({k: f"{v:.4f}" for k, v in event.losses.items()})
-            bar.update(1)
-        pack = train(components, scene, config, TrainCallbacks(on_progress=progress), device=device,
+        pack = train(components, scene, config, TrainCallbacks(on_progress=training_progress(bar)), device=device,
                      cache_dir=args.cache_dir)
     save_pack(pack, args.out)
     handles = ", ".join(f"{t} = {n}" for t, n in zip(pack.tokens, pack.names))

@@ -113,12 +113,14 @@ def test_pack_of_another_model_is_refused_before_tensor_work(trained, model_dir,
 def test_progress_bar_writes_at_a_bounded_rate_into_a_log():
     import io
 
-    from bas_engine.cli import progress_bar
+    from bas_engine.callbacks import ProgressEvent
+    from bas_engine.cli import progress_bar, training_progress
 
     log = io.StringIO()                      # not a terminal
     with progress_bar(8000, "step", log) as bar:
-        for _ in range(8000):
-            bar.update(1)
+        progress = training_progress(bar)    # what `bas extract` reports each step
+        for step in range(1, 8001):
+            progress(ProgressEvent(1 + step // 4001, step, 4000, step, 8000, {"loss": 0.1, "attention": 0.2}))
     lines = [line for line in log.getvalue().replace("\r", "\n").splitlines() if line.strip()]
     assert 1 <= len(lines) <= 3, lines        # start, (maybe one timed line), end: not 8,000 lines
     assert "8000/8000" in lines[-1]
