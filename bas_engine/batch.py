@@ -389,12 +389,13 @@ class _Progress:
         self.trained = 0                 # scenes a worker spent time on (the rate ignores instant skips)
         self.start = time.monotonic()
         self.last_line = 0.0
+        self.last_printed = -1           # scenes finished at the last plain line
         self.bar = None
         if enabled and getattr(self.stream, "isatty", lambda: False)():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="scene", file=self.stream, dynamic_ncols=True,
-                            bar_format="{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
+                            bar_format="{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} scenes [{elapsed}{postfix}]")
 
     def status(self) -> str:
         elapsed = max(time.monotonic() - self.start, 1e-9)
@@ -419,13 +420,14 @@ class _Progress:
     def line(self) -> None:
         self.last_line = time.monotonic()
         done = sum(self.counts.values())
+        self.last_printed = done
         print(f"bas batch: {done}/{self.total} scenes ({self.status()})", file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.set_postfix_str(self.status())
             self.bar.close()
-        elif self.enabled:
+        elif self.enabled and self.last_printed != sum(self.counts.values()):
             self.line()
 
 
