@@ -124,3 +124,18 @@ def test_progress_bar_writes_at_a_bounded_rate_into_a_log():
     lines = [line for line in log.getvalue().replace("\r", "\n").splitlines() if line.strip()]
     assert 1 <= len(lines) <= 3, lines        # start, (maybe one timed line), end: not 8,000 lines
     assert "8000/8000" in lines[-1]
+
+
+def test_pack_on_a_fine_tune_of_the_same_model_warns_once(trained, tmp_path, capsys):
+    """Same family and widths, other weights (as a fine-tune): allowed, with one warning line."""
+    from bas_engine.pack import save_pack
+
+    pack, _ = trained
+    pack_path = str(tmp_path / "tiny.safetensors")
+    save_pack(pack, pack_path)
+    other = str(tmp_path / "other-weights")
+    save_model(tiny_components(seed=1), other)
+    assert main(["generate", pack_path, "--model", other, "--prompt", "<asset0>", "--out", str(tmp_path / "img"),
+                 "--steps", "1", "--device", "cpu"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "was trained on base weights" in warnings[0]
