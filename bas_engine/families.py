@@ -61,6 +61,11 @@ class Family:
     #: the encoder whose projected end-of-text state is the UNet's pooled text input (SDXL's "text_time"
     #: extra conditioning, with the size/crop time ids); None: the UNet takes only the token states
     pooled_encoder: str | None = None
+    #: train with gradient checkpointing whatever the settings say: the family's default training step does not
+    #: fit a 24 GB GPU without it (SDXL at 1024 px; see docs/SDXL.md for the measured peak)
+    gradient_checkpointing: bool = False
+    #: the VAE's latent scaling factor (single-file checkpoints do not store it)
+    vae_scaling_factor: float = 0.18215
 
     @property
     def encoder_names(self) -> tuple[str, ...]:
@@ -91,7 +96,7 @@ SD2 = Family(
 
 SDXL = Family(
     key="sdxl", label="SDXL", context_dim=2048, native_resolution=1024, addition_embed_type="text_time",
-    pooled_encoder="clip_g",
+    pooled_encoder="clip_g", gradient_checkpointing=True, vae_scaling_factor=0.13025,
     # the distilled SDXL shapes ComfyUI detects (comfy/supported_models.py) take the same conditioning
     comfy_model_configs=("SDXL", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B"),
     # SDXL's mid block sits at 1/4 of the latent resolution too (SD1/SD2's is at 1/8). It is left out: the

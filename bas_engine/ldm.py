@@ -30,7 +30,7 @@ from typing import Any, Mapping
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.loaders import single_file_utils as sfu
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .components import SDComponents
 from .errors import ModelError
@@ -70,8 +70,8 @@ def ldm_unet_config_from_weights(unet_sd: Mapping[str, torch.Tensor]) -> dict:
     keys = list(unet_sd)
     if "input_blocks.0.0.weight" not in unet_sd:
         raise ModelError("no UNet weights (model.diffusion_model.input_blocks.0.0.weight is missing)")
-    if any(k.startswith("label_emb.") for k in keys):
-        raise ModelError("this UNet has a class/ADM embedding (SDXL or unCLIP); only SD1.x/SD2.x are supported")
+    # SDXL's added embedding (pooled text + time ids); unCLIP's image embedding has the same key
+    adm_in_channels = int(unet_sd["label_emb.0.0.weight"].shape[1]) if "label_emb.0.0.weight" in unet_sd else None
     conv_in = unet_sd["input_blocks.0.0.weight"]
     model_channels, in_channels = int(conv_in.shape[0]), int(conv_in.shape[1])
     out_channels = int(unet_sd["out.2.weight"].shape[0])
@@ -113,7 +113,7 @@ def ldm_unet_config_from_weights(unet_sd: Mapping[str, torch.Tensor]) -> dict:
         in_channels=in_channels, out_channels=out_channels, model_channels=model_channels,
         channel_mult=channel_mult, num_res_blocks=num_res_blocks, transformer_depth=transformer_depth,
         transformer_depth_middle=middle, transformer_depth_output=transformer_depth_output,
-        context_dim=context_dim, use_linear_in_transformer=use_linear)
+        context_dim=context_dim, use_linear_in_transformer=use_linear, adm_in_channels=adm_in_channels)
     if context_dim == 768 or not use_linear or model_channels % 64:
         cfg.update(num_heads=8, num_head_channels=-1)
     else:
@@ -166,15 +166,20 @@ def _normalize_ldm_unet_config(cfg: Mapping[str, Any]) -> dict:
         transformer_depth=per_level, transformer_depth_middle=int(middle),
         context_dim=int(context) if context is not None else None,
         use_linear_in_transformer=bool(cfg.get("use_linear_in_transformer", False)),
-        num_heads=int(cfg.get("num_heads", -1) or -1), num_head_channels=int(cfg.get("num_head_channels", -1) or -1))
+        num_heads=int(cfg.get("num_heads", -1) or -1), num_head_channels=int(cfg.get("num_head_channels", -1) or -1),
+        adm_in_channels=cfg.get("adm_in_channels"), transformer_depth_output=cfg.get("transformer_depth_output"))
     if out["num_heads"] <= 0 and out["num_head_channels"] <= 0:
         out["num_heads"] = 8
     return out
 
 
 def diffusers_unet_config(ldm_unet_config: Mapping[str, Any], *, family: str | None = None,
-                          sample_size: int = 64) -> dict:
-    """diffusers ``UNet2DConditionModel`` config for an LDM-style UNet config (ComfyUI or yaml style)."""
+                          sample_size: int = 64, pooled_dim: int = 1280) -> dict:
+    """diffusers ``UNet2DConditionModel`` config for an LDM-style UNet config (ComfyUI or yaml style).
+
+    SDXL's added embedding takes ``adm_in_channels`` = 6 time ids x ``addition_time_embed_dim`` + ``pooled_dim``
+    (the pooled encoder's projection width, 1280 for OpenCLIP-G).
+    """
     cfg = _normalize_ldm_unet_config(ldm_unet_config)
     mc, mult, nrb, depth = cfg["model_channels"], cfg["channel_mult"], cfg["num_res_blocks"], cfg["transformer_depth"]
     if len(set(nrb)) != 1:
@@ -198,7 +203,26 @@ def diffusers_unet_config(ldm_unet_config: Mapping[str, Any], *, family: str | N
     else:
         heads = cfg["num_heads"]
     spec = get_family(family) if family else (family_for_unet(cfg["context_dim"]) or SD1)
-    return dict(
+    extra: dict[str, Any] = {}
+    adm = cfg.get("adm_in_channels")
+    if spec.addition_embed_type == "text_time":
+        if not adm or (adm - pooled_dim) <= 0 or (adm - pooled_dim) % 6:
+            raise ModelError(f"{spec.label} UNet: added embedding input {adm} does not fit 6 time ids plus a "
+                             f"{pooled_dim}-wide pooled text embedding")
+        extra = dict(addition_embed_type="text_time", addition_time_embed_dim=(adm - pooled_dim) // 6,
+                     projection_class_embeddings_input_dim=adm)
+    elif adm:
+        raise ModelError(f"this UNet has an extra (ADM) embedding of {adm} inputs, which {spec.label} models do not "
+                         f"have (an unCLIP or other variant?); supported: {supported_labels()}")
+    if cfg.get("transformer_depth_output"):
+        # the up blocks must mirror the down blocks (distilled variants that thin the decoder unevenly cannot
+        # be held by one diffusers config here)
+        per_block = len(cfg["transformer_depth_output"]) // len(depth)
+        mirrored = [d for d in reversed(depth) for _ in range(per_block)]
+        if list(cfg["transformer_depth_output"]) != mirrored:
+            raise ModelError(f"UNet output transformer depths {list(cfg['transformer_depth_output'])} do not mirror "
+                             f"the input depths {depth}; this layout is not supported")
+    return dict(**extra,
         sample_size=sample_size,
         in_channels=cfg["in_channels"], out_channels=cfg["out_channels"],
         down_block_types=["CrossAttnDownBlock2D" if d > 0 else "DownBlock2D" for d in depth],
@@ -220,6 +244,7 @@ def diffusers_unet_config(ldm_unet_config: Mapping[str, Any], *, family: str | N
 _RESNET_D2L = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
                "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
 _TOP_D2L = dict(sfu.DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"])
+_TOP_D2L.update(sfu.DIFFUSERS_TO_LDM_MAPPING["unet"]["addition_embed_type"])   # SDXL's add_embedding -> label_emb
 
 
 def _resnet_rest(rest: str) -> str:
@@ -331,8 +356,10 @@ def text_encoder_config_from_weights(te_sd: Mapping[str, torch.Tensor], encoder:
     return base
 
 
-def _convert_text_encoder(state_dict: Mapping[str, torch.Tensor], encoder: TextEncoderSpec) -> dict[str, torch.Tensor]:
-    """The encoder's checkpoint weights in transformers CLIPTextModel names (no ``text_model.``)."""
+def _convert_text_encoder(state_dict: Mapping[str, torch.Tensor], encoder: TextEncoderSpec,
+                          keep_projection: bool = False) -> dict[str, torch.Tensor]:
+    """The encoder's checkpoint weights in transformers CLIPTextModel names (no ``text_model.``); with
+    ``keep_projection`` also ``text_projection.weight`` (SDXL's pooled OpenCLIP-G)."""
     prefix = encoder.checkpoint_prefix
     sd = {k: v for k, v in state_dict.items() if k.startswith(prefix)}
     if encoder.checkpoint_layout == "hf":
@@ -347,11 +374,15 @@ def _convert_text_encoder(state_dict: Mapping[str, torch.Tensor], encoder: TextE
             last = f"{prefix}transformer.resblocks.{n - 1}."
             sd = {k: v for k, v in sd.items() if not k.startswith(last)}
         width = int(sd[prefix + "token_embedding.weight"].shape[1])
-        sd[prefix + "text_projection"] = torch.empty(width, 0)    # tells the helper the width; dropped
+        if not keep_projection or prefix + "text_projection" not in sd:
+            sd[prefix + "text_projection"] = torch.empty(width, 0)    # tells the helper the width; dropped
         converted = sfu.convert_open_clip_checkpoint(None, sd, prefix=prefix)
     converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
     converted.pop("embeddings.position_ids", None)
-    converted.pop("text_projection.weight", None)
+    if not keep_projection:
+        converted.pop("text_projection.weight", None)
+    elif "text_projection.weight" not in converted:
+        raise ModelError(f"the {encoder.name} text encoder has no text_projection (needed for the pooled embedding)")
     converted.pop("logit_scale", None)
     return converted
 
@@ -410,7 +441,8 @@ def _load_strict(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: 
 
 def components_from_ldm(state_dict: Mapping[str, torch.Tensor], tokenizer_dir: str, *,
                         unet_config: Mapping[str, Any] | None = None, prediction_type: str | None = None,
-                        family: str | None = None, text_encoder_config: Mapping[str, Any] | None = None,
+                        family: str | None = None,
+                        text_encoder_config: Mapping[str, Any] | list[Mapping[str, Any]] | None = None,
                         dtype: torch.dtype = torch.float32) -> SDComponents:
     """Build diffusers/transformers modules from an original-layout (LDM / ComfyUI) state dict.
 
@@ -431,37 +463,55 @@ def components_from_ldm(state_dict: Mapping[str, torch.Tensor], tokenizer_dir: s
 def _components_from_ldm(state_dict, tokenizer_dir, *, unet_config, prediction_type, family, text_encoder_config,
                          dtype) -> SDComponents:
     fam = family or detect_checkpoint_family(state_dict)
-    encoder = get_family(fam).text_encoders[0]
+    spec = get_family(fam)
+    # the text encoders first: the pooled encoder's projection width is part of the UNet's added embedding
+    if text_encoder_config is None or isinstance(text_encoder_config, Mapping):
+        te_configs = [text_encoder_config] + [None] * (len(spec.text_encoders) - 1)
+    else:
+        te_configs = list(text_encoder_config)
+    encoders, pooled_dim = [], 1280
+    for encoder, te_config in zip(spec.text_encoders, te_configs):
+        te_sd = _convert_text_encoder(state_dict, encoder, keep_projection=encoder.name == spec.pooled_encoder)
+        te_cfg = dict(te_config) if te_config else text_encoder_config_from_weights(te_sd, encoder)
+        if encoder.name == spec.pooled_encoder:
+            te_cfg["projection_dim"] = int(te_sd["text_projection.weight"].shape[0])
+            pooled_dim = te_cfg["projection_dim"]
+            module = CLIPTextModelWithProjection(CLIPTextConfig(**te_cfg))
+            te_sd = {("text_projection.weight" if k == "text_projection.weight" else "text_model." + k): v
+                     for k, v in te_sd.items()}
+        else:
+            module = CLIPTextModel(CLIPTextConfig(**te_cfg))
+        _load_strict(module, te_sd, f"{encoder.name} text encoder")
+        tokenizer = load_tokenizer(tokenizer_dir, encoder)
+        # Prompts are padded/truncated to model_max_length: it must fit the text encoder (ComfyUI's bundled
+        # tokenizer folder says 8192).
+        tokenizer.model_max_length = min(tokenizer.model_max_length, module.config.max_position_embeddings)
+        encoders.append((module, tokenizer))
+
     unet_sd = _strip(state_dict, UNET_PREFIX)
     if not unet_sd:
         raise ModelError("no UNet weights in the checkpoint (model.diffusion_model.* missing)")
     ldm_cfg = dict(unet_config) if unet_config is not None else ldm_unet_config_from_weights(unet_sd)
-    ucfg = diffusers_unet_config(ldm_cfg, family=fam)
+    ucfg = diffusers_unet_config(ldm_cfg, family=fam, pooled_dim=pooled_dim)
     unet = UNet2DConditionModel.from_config(ucfg)
     _load_strict(unet, sfu.convert_ldm_unet_checkpoint(
         {UNET_PREFIX + k: v for k, v in unet_sd.items()}, ucfg), "UNet")
 
     vae_sd = _strip(state_dict, VAE_PREFIX)
-    vae = AutoencoderKL.from_config(vae_config_from_weights(vae_sd))
+    vae = AutoencoderKL.from_config(vae_config_from_weights(vae_sd, spec.vae_scaling_factor))
     _load_strict(vae, sfu.convert_ldm_vae_checkpoint({VAE_PREFIX + k: v for k, v in vae_sd.items()}, vae.config),
                  "VAE")
 
-    te_sd = _convert_text_encoder(state_dict, encoder)
-    te_cfg = dict(text_encoder_config) if text_encoder_config else text_encoder_config_from_weights(te_sd, encoder)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**te_cfg))
-    _load_strict(text_encoder, te_sd, "text encoder")
-
-    for m in (unet, vae, text_encoder):
+    for m in (unet, vae, *(module for module, _ in encoders)):
         if dtype != torch.float32:
             m.to(dtype=dtype)
         m.eval()
         m.requires_grad_(False)
-    tokenizer = load_tokenizer(tokenizer_dir, encoder)
-    # Prompts are padded/truncated to model_max_length: it must fit the text encoder (ComfyUI's bundled
-    # tokenizer folder says 8192).
-    tokenizer.model_max_length = min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings)
+    (text_encoder, tokenizer), *second = encoders
+    text_encoder_2, tokenizer_2 = second[0] if second else (None, None)
     return SDComponents(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                        noise_scheduler=make_scheduler(prediction_type or "epsilon"), family=fam)
+                        noise_scheduler=make_scheduler(prediction_type or "epsilon"), family=fam,
+                        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
 
 
 def read_checkpoint(path: str) -> dict[str, torch.Tensor]:

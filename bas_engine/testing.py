@@ -31,8 +31,12 @@ def _byte_alphabet() -> list[str]:
     return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
 
 
-def write_tiny_tokenizer(folder: str, words: tuple[str, ...] = tuple(COMMON_WORDS)) -> str:
-    """Write a CLIP tokenizer folder: all bytes (plain and word-final), some whole words, special tokens."""
+def write_tiny_tokenizer(folder: str, words: tuple[str, ...] = tuple(COMMON_WORDS), vocab_size: int | None = None) -> str:
+    """Write a CLIP tokenizer folder: all bytes (plain and word-final), some whole words, special tokens.
+
+    ``vocab_size`` pads the vocabulary with unused entries up to CLIP's size (49408), so embedding tables
+    have their real shape (benchmarks); the special tokens stay the last two ids, as in CLIP.
+    """
     os.makedirs(folder, exist_ok=True)
     chars = _byte_alphabet()
     vocab: dict[str, int] = {}
@@ -48,6 +52,8 @@ def write_tiny_tokenizer(folder: str, words: tuple[str, ...] = tuple(COMMON_WORD
             current += piece
             vocab.setdefault(current, len(vocab))
     merges = list(dict.fromkeys(merges))
+    while vocab_size and len(vocab) < vocab_size - 2:
+        vocab[f"<unused{len(vocab)}>"] = len(vocab)
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab[special] = len(vocab)
     with open(os.path.join(folder, "vocab.json"), "w") as f:
@@ -61,9 +67,9 @@ def write_tiny_tokenizer(folder: str, words: tuple[str, ...] = tuple(COMMON_WORD
     return folder
 
 
-def tiny_tokenizer() -> CLIPTokenizer:
+def tiny_tokenizer(vocab_size: int | None = None) -> CLIPTokenizer:
     with tempfile.TemporaryDirectory() as folder:
-        return CLIPTokenizer.from_pretrained(write_tiny_tokenizer(folder))
+        return CLIPTokenizer.from_pretrained(write_tiny_tokenizer(folder, vocab_size=vocab_size))
 
 
 def tiny_components(seed: int = 0, prediction_type: str = "epsilon", cross_attention_dim: int = 32,
@@ -122,12 +128,12 @@ def tiny_sdxl_components(seed: int = 0, prediction_type: str = "epsilon") -> SDC
         block_out_channels=(32, 64, 64), norm_num_groups=8,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 1, 2), cross_attention_dim=32 + 48, attention_head_dim=4,
+        transformer_layers_per_block=(1, 1, 2), cross_attention_dim=32 + 48, attention_head_dim=8,
         use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=time_dim,
         projection_class_embeddings_input_dim=6 * time_dim + pooled_dim)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32),
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        norm_num_groups=8, sample_size=64, scaling_factor=0.13025)
+                        norm_num_groups=32, sample_size=64, scaling_factor=0.13025)   # the LDM VAE's 32 groups
     text_encoder = _text_encoder(tokenizer, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                  num_attention_heads=4, hidden_act="quick_gelu")
     text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(
@@ -135,6 +141,40 @@ def tiny_sdxl_components(seed: int = 0, prediction_type: str = "epsilon") -> SDC
         num_hidden_layers=3, num_attention_heads=4, hidden_act="gelu", projection_dim=pooled_dim,
         bos_token_id=0, eos_token_id=2, pad_token_id=1))
     components = _assemble(unet, vae, text_encoder, tokenizer, prediction_type)
+    text_encoder_2.eval()
+    components.text_encoder_2, components.tokenizer_2 = text_encoder_2, tokenizer_2
+    return components
+
+
+def sdxl_shaped_components(seed: int = 0, dtype: torch.dtype = torch.float32) -> SDComponents:
+    """Random weights with SDXL 1.0 base's shapes: UNet (2.6 B parameters), VAE, CLIP-L and OpenCLIP-G with its
+    projection; built directly in ``dtype`` (bf16: about 7 GB instead of 14 GB in fp32). For benchmarks."""
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        tokenizer = tiny_tokenizer(vocab_size=49408)
+        tokenizer_2 = tiny_tokenizer(vocab_size=49408)
+        tokenizer_2.pad_token = "!"
+        unet = UNet2DConditionModel(
+            sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816)
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), latent_channels=4, layers_per_block=2,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            sample_size=1024, scaling_factor=0.13025)
+        text_encoder = _text_encoder(tokenizer, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                     num_attention_heads=12, hidden_act="quick_gelu")
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=len(tokenizer_2), max_position_embeddings=77, hidden_size=1280, intermediate_size=5120,
+            num_hidden_layers=32, num_attention_heads=20, hidden_act="gelu", projection_dim=1280,
+            bos_token_id=tokenizer_2.bos_token_id, eos_token_id=tokenizer_2.eos_token_id, pad_token_id=0))
+    finally:
+        torch.set_default_dtype(previous)
+    components = _assemble(unet, vae, text_encoder, tokenizer, "epsilon")
     text_encoder_2.eval()
     components.text_encoder_2, components.tokenizer_2 = text_encoder_2, tokenizer_2
     return components
@@ -252,13 +292,21 @@ def components_to_ldm(components: SDComponents, *, dtype: torch.dtype | None = N
         if ".mid.attn_1." in l and l.endswith("weight") and t.ndim == 2:
             t = t[:, :, None, None]                                       # LDM uses 1x1 convs
         out[VAE_PREFIX + l] = cast(t)
-    tsd = {k.removeprefix("text_model."): v for k, v in components.text_encoder.state_dict().items()
+    for encoder, module in zip(components.spec.text_encoders, (components.text_encoder, components.text_encoder_2)):
+        out.update(_text_encoder_to_ldm(module, encoder, cast))
+    return out
+
+
+def _text_encoder_to_ldm(module: torch.nn.Module, encoder, cast) -> dict[str, torch.Tensor]:
+    """One text encoder's weights under its checkpoint prefix, in its layout (HF names or OpenCLIP's)."""
+    out: dict[str, torch.Tensor] = {}
+    tsd = {k.removeprefix("text_model."): v for k, v in module.state_dict().items()
            if not k.endswith("position_ids")}
-    encoder = components.spec.text_encoders[0]
     p = encoder.checkpoint_prefix
     if encoder.checkpoint_layout == "hf":
         for name, value in tsd.items():
-            out[p + "text_model." + name] = cast(value)
+            if name != "text_projection.weight":
+                out[p + "text_model." + name] = cast(value)
         return out
     out[p + "token_embedding.weight"] = cast(tsd["embeddings.token_embedding.weight"])
     out[p + "positional_embedding"] = cast(tsd["embeddings.position_embedding.weight"])
@@ -279,7 +327,10 @@ def components_to_ldm(components: SDComponents, *, dtype: torch.dtype | None = N
             out[dst + f"mlp.c_fc.{w}"] = cast(get(f"mlp.fc1.{w}"))
             out[dst + f"mlp.c_proj.{w}"] = cast(get(f"mlp.fc2.{w}"))
     width = tsd["embeddings.token_embedding.weight"].shape[1]
-    out[p + "text_projection"] = cast(torch.eye(width, dtype=tsd["final_layer_norm.weight"].dtype))
+    if "text_projection.weight" in tsd:                  # OpenCLIP multiplies by the (width, proj) matrix
+        out[p + "text_projection"] = cast(tsd["text_projection.weight"].t())
+    else:
+        out[p + "text_projection"] = cast(torch.eye(width, dtype=tsd["final_layer_norm.weight"].dtype))
     return out
 
 

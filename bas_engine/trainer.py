@@ -93,7 +93,7 @@ class TrainingRun:
         self.scene_t = SceneTensors(self.scene, c.vae, config.resolution, vae_scale * latent_multiple, vae_scale,
                                     self.capture.downscale, self.device)
         self.class_posteriors = self._prepare_prior() if config.prior_preservation else None
-        if config.gradient_checkpointing and not c.unet.is_gradient_checkpointing:
+        if (config.gradient_checkpointing or c.spec.gradient_checkpointing) and not c.unet.is_gradient_checkpointing:
             c.unet.enable_gradient_checkpointing()
             self._undo.append(c.unet.disable_gradient_checkpointing)
         c.unet.train()

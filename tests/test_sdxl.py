@@ -265,3 +265,53 @@ def test_diffusers_folder_round_trip(tmp_path):
     assert loaded.family == "sdxl" and loaded.tokenizer_2.pad_token == "!"
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         assert_same_state(getattr(loaded, name), state_snapshot(getattr(components, name)))
+
+
+def test_single_file_checkpoint_round_trip_with_configs_read_from_weights(tmp_path):
+    """An original SDXL single file (conditioner.embedders.0/1, label_emb) loads with the UNet, VAE and both
+    text-encoder configs read from the weights, bit for bit, and writes back to the same file."""
+    from safetensors.torch import save_file
+
+    from bas_engine import ldm
+    from bas_engine.testing import components_to_ldm, write_tiny_tokenizer
+
+    components = tiny_sdxl_components()
+    state = components_to_ldm(components)
+    assert any(k.startswith("conditioner.embedders.0.transformer.text_model.") for k in state)
+    assert "conditioner.embedders.1.model.text_projection" in state
+    assert "model.diffusion_model.label_emb.0.0.weight" in state
+    save_file(state, str(tmp_path / "xl.safetensors"))
+    tokenizer_dir = write_tiny_tokenizer(str(tmp_path / "tok"))
+    loaded = load_model(str(tmp_path / "xl.safetensors"), tokenizer_dir)
+    assert loaded.family == "sdxl" and loaded.vae.config.scaling_factor == SDXL.vae_scaling_factor
+    assert loaded.tokenizer.pad_token != "!" and loaded.tokenizer_2.pad_token == "!"
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        assert_same_state(getattr(loaded, name), state_snapshot(getattr(components, name)))
+    assert loaded.unet.config.addition_time_embed_dim == components.unet.config.addition_time_embed_dim
+    again = components_to_ldm(loaded)
+    assert sorted(again) == sorted(state) and all(torch.equal(again[k], state[k]) for k in state)
+
+
+def test_sdxl_unet_configs_the_distilled_variants_and_refusals():
+    """The SDXL layout and ComfyUI's distilled SDXL shapes (SSD-1B, Segmind Vega, KOALA) map to diffusers configs;
+    an ADM embedding on a non-SDXL model and an uneven decoder are clear errors."""
+    from bas_engine.errors import ModelError
+    from bas_engine.ldm import diffusers_unet_config
+
+    base = dict(model_channels=320, use_linear_in_transformer=True, context_dim=2048, adm_in_channels=2816,
+                num_res_blocks=2, num_head_channels=64)
+    layouts = {"SDXL": ([1, 2, 4], [0, 0, 2, 2, 10, 10], 10), "SSD1B": ([1, 2, 4], [0, 0, 2, 2, 4, 4], 4),
+               "Segmind_Vega": ([1, 2, 4], [0, 0, 1, 1, 2, 2], 2), "KOALA_700M": ([1, 2, 4], [0, 2, 5], 5)}
+    for name, (mult, depth, middle) in layouts.items():
+        cfg = diffusers_unet_config(dict(base, channel_mult=mult, transformer_depth=depth,
+                                         transformer_depth_middle=middle,
+                                         num_res_blocks=2 if len(depth) == 6 else 1), family="sdxl")
+        assert cfg["addition_embed_type"] == "text_time" and cfg["addition_time_embed_dim"] == 256, name
+        assert cfg["projection_class_embeddings_input_dim"] == 2816 and cfg["attention_head_dim"] == [5, 10, 20]
+        assert cfg["down_block_types"][0] == "DownBlock2D" and cfg["cross_attention_dim"] == 2048
+    with pytest.raises(ModelError, match="ADM"):
+        diffusers_unet_config(dict(base, context_dim=1024, channel_mult=[1, 2, 4],
+                                   transformer_depth=[1, 1, 1, 1, 1, 1]), family="sd2")
+    with pytest.raises(ModelError, match="do not mirror"):
+        diffusers_unet_config(dict(base, channel_mult=[1, 2, 4], transformer_depth=[0, 0, 2, 2, 4, 4],
+                                   transformer_depth_output=[0, 0, 0, 1, 1, 1, 4, 4, 4]), family="sdxl")

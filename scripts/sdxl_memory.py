@@ -1,0 +1,89 @@
+"""Peak memory of one Break-A-Scene training step on the full-size SDXL architecture (random weights).
+
+The default SDXL configuration: LoRA (rank 16) on the UNet, handles in both text encoders, the frozen base
+weights in bf16, bf16 autocast, gradient checkpointing (SDXL's family default), attention loss on, batch 1,
+1024 px. It runs a phase-2 step (handles + UNet LoRA: the phase with the most trainable state; the forward
+and backward passes are those of phase 1) after its warm-up, and prints the peak:
+
+    CUDA: torch.cuda.max_memory_allocated during the step (weights included);
+    CPU:  peak resident memory of the process during the step, sampled every 5 ms (weights, runtime and
+          activations), after malloc_trim has handed back what setup freed (the VAE encoding of the scene at
+          1024 px, done once per run, is not part of a step).
+
+    python scripts/sdxl_memory.py                       # CUDA when available, else CPU (slow: ~1 h on 2 cores)
+    python scripts/sdxl_memory.py --device cpu --threads 2 --resolution 1024
+
+Prints one human line and one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bas_engine.bench import RssSampler  # noqa: E402
+from bas_engine.config import TrainConfig  # noqa: E402
+from bas_engine.testing import sdxl_shaped_components, synthetic_scene  # noqa: E402
+from bas_engine.trainer import TrainingRun  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolution", type=int, default=1024)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--phase", type=int, choices=(1, 2), default=2, help="which phase's step to measure")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    started = time.perf_counter()
+    components = sdxl_shaped_components(seed=0, dtype=torch.bfloat16)
+    scene = synthetic_scene(size=args.resolution, concepts=3)
+    config = TrainConfig(phase1_steps=1, phase2_steps=1, resolution=args.resolution, mode="lora",
+                         mixed_precision="bf16", gradient_checkpointing=True, seed=0)
+    built = time.perf_counter() - started
+    with TrainingRun(components, scene, config, device) as run:
+        checkpointing = components.unet.is_gradient_checkpointing
+        optimizer = run.start_phase(args.phase)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            sampler = None
+        else:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            sampler = RssSampler()
+        step_started = time.perf_counter()
+        losses = run.optimize(optimizer, run.sampler.draw_batch(1))
+        step_seconds = time.perf_counter() - step_started
+        if sampler:
+            sampler.stop()
+
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+        kind = "torch.cuda.max_memory_allocated (weights included)"
+    else:
+        peak = sampler.peak
+        kind = "peak RSS of the process during the step, sampled every 5 ms (weights, runtime and activations)"
+    result = {"resolution": args.resolution, "device": str(device), "phase": args.phase,
+              "gradient_checkpointing": checkpointing, "weights_dtype": "bfloat16", "autocast": "bfloat16",
+              "mode": "lora", "lora_rank": config.lora_rank, "training_size": list(run.scene_t.size),
+              "peak_bytes": peak, "peak_GiB": round(peak / 2**30, 2), "memory": kind,
+              "rss_before_step_GiB": round(sampler.baseline / 2**30, 2) if sampler else None,
+              "loss": float(losses["loss"]), "step_seconds": round(step_seconds, 1),
+              "build_seconds": round(built, 1), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    print(f"SDXL-shaped (random weights), {args.resolution} px, phase {args.phase} step, LoRA, bf16, "
+          f"gradient checkpointing {'on' if checkpointing else 'off'}: peak {peak / 2**30:.2f} GiB ({kind})")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
