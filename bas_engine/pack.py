@@ -73,29 +73,45 @@ def save_pack(pack: ConceptPack, path: str | os.PathLike) -> None:
     save_safetensors_atomic(tensors, path, metadata)
 
 
-def load_pack(path: str | os.PathLike) -> ConceptPack:
-    """Read and validate a pack; PackError says what is wrong (missing, truncated, other format…)."""
-    path = os.fspath(path)
+def _read(path: str, with_tensors: bool) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(header, tensors) of a pack file; PackError says what is wrong (missing, truncated, other format…)."""
     if not os.path.isfile(path):
-        raise PackError(f"concept pack {path!r} does not exist")
+        raise PackError(f"concept pack {path!r} does not exist", field="pack")
     try:
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise PackError(f"concept pack {path!r} is truncated or not a safetensors file ({exc})") from exc
+        raise PackError(f"concept pack {path!r} is truncated or not a safetensors file ({exc})", field="pack") from exc
     if metadata.get("format") != FORMAT_NAME:
         raise PackError(f"{path!r} is a safetensors file but not a Break-A-Scene concept pack "
-                        "(a LoRA or embedding file? load those with LoraLoader / embedding:)")
+                        "(a LoRA or embedding file? load those with LoraLoader / embedding:)", field="pack")
     version = metadata.get("format_version")
     if version != str(FORMAT_VERSION):
         raise PackError(f"concept pack {path!r} has format version {version}; this version reads "
-                        f"version {FORMAT_VERSION} — update the node pack")
+                        f"version {FORMAT_VERSION} — update the node pack", field="pack")
     try:
-        header = json.loads(metadata["bas"])
-        tokens, names, initializers, mode = (header.pop(k) for k in ("tokens", "names", "initializers", "mode"))
+        return json.loads(metadata["bas"]), tensors
     except (KeyError, json.JSONDecodeError) as exc:
-        raise PackError(f"concept pack {path!r} has damaged metadata ({exc})") from exc
+        raise PackError(f"concept pack {path!r} has damaged metadata ({exc})", field="pack") from exc
+
+
+def read_pack_meta(path: str | os.PathLike) -> dict:
+    """A pack's header (tokens, names, mode, fingerprints, settings, losses) without reading its tensors.
+
+    Cheap even for full-mode packs of several GB: only the safetensors header is read.
+    """
+    return _read(os.fspath(path), with_tensors=False)[0]
+
+
+def load_pack(path: str | os.PathLike) -> ConceptPack:
+    """Read and validate a pack; PackError says what is wrong (missing, truncated, other format…)."""
+    path = os.fspath(path)
+    header, tensors = _read(path, with_tensors=True)
+    try:
+        tokens, names, initializers, mode = (header.pop(k) for k in ("tokens", "names", "initializers", "mode"))
+    except KeyError as exc:
+        raise PackError(f"concept pack {path!r} has damaged metadata ({exc})", field="pack") from exc
     handles = {k[len("handles."):]: v for k, v in tensors.items() if k.startswith("handles.")}
     pack = ConceptPack(tokens, names, initializers, handles, mode,
                        lora={k[5:]: v for k, v in tensors.items() if k.startswith("lora.")},
@@ -152,27 +168,6 @@ def check_compatible(pack: ConceptPack, family: str, fingerprint: str | None = N
             raise PackError(message)
         warnings.append(message)
     return warnings
-
-
-def read_pack_meta(path: str | os.PathLike) -> dict:
-    """A pack's header (tokens, names, mode, fingerprints, settings, losses) without reading its tensors.
-
-    Cheap even for full-mode packs of several GB: only the safetensors header is read.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise PackError(f"concept pack {path!r} does not exist")
-    try:
-        with safe_open(path, framework="pt") as f:
-            metadata = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise PackError(f"concept pack {path!r} is truncated or not a safetensors file ({exc})") from exc
-    if metadata.get("format") != FORMAT_NAME or metadata.get("format_version") != str(FORMAT_VERSION):
-        raise PackError(f"{path!r} is not a concept pack of format version {FORMAT_VERSION}")
-    try:
-        return json.loads(metadata["bas"])
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise PackError(f"concept pack {path!r} has damaged metadata ({exc})") from exc
 
 
 def settings_differences(stored: dict, config) -> list[str]:
