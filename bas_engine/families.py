@@ -58,6 +58,9 @@ class Family:
     addition_embed_type: str | None = None
     #: the side, in pixels, the family was trained at (the default training resolution)
     native_resolution: int = 512
+    #: what the denoiser may predict (diffusers' prediction_type); the first is assumed when a checkpoint
+    #: cannot tell (an SD2 768-v checkpoint looks like a 512 epsilon one: the caller must say v_prediction)
+    prediction_types: tuple[str, ...] = ("epsilon", "v_prediction")
     #: the encoder whose projected end-of-text state is the UNet's pooled text input (SDXL's "text_time"
     #: extra conditioning, with the size/crop time ids); None: the UNet takes only the token states
     pooled_encoder: str | None = None

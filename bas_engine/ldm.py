@@ -410,9 +410,13 @@ def detect_checkpoint_family(state_dict: Mapping[str, torch.Tensor]) -> str:
     raise ModelError("no text encoder in the checkpoint (cond_stage_model.* missing)")
 
 
-def make_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
-    if prediction_type not in ("epsilon", "v_prediction"):
-        raise ModelError(f"prediction_type must be 'epsilon' or 'v_prediction', not {prediction_type!r}")
+def make_scheduler(prediction_type: str | None = None, family: str = SD1.key) -> DDPMScheduler:
+    """The family's training scheduler predicting `prediction_type` (default: the family's first)."""
+    allowed = get_family(family).prediction_types
+    prediction_type = prediction_type or allowed[0]
+    if prediction_type not in allowed:
+        raise ModelError(f"prediction_type must be {' or '.join(map(repr, allowed))}, not {prediction_type!r}",
+                         field="prediction_type")
     cfg = _static_config("sd_scheduler.json")
     cfg["prediction_type"] = prediction_type
     return DDPMScheduler.from_config(cfg)
@@ -510,7 +514,7 @@ def _components_from_ldm(state_dict, tokenizer_dir, *, unet_config, prediction_t
     (text_encoder, tokenizer), *second = encoders
     text_encoder_2, tokenizer_2 = second[0] if second else (None, None)
     return SDComponents(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                        noise_scheduler=make_scheduler(prediction_type or "epsilon"), family=fam,
+                        noise_scheduler=make_scheduler(prediction_type, fam), family=fam,
                         text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
 
 
