@@ -22,7 +22,7 @@ from .config import TrainConfig
 from .latents import CachedPosterior
 from .trainer import TrainingRun
 
-PRESET_RESOLUTION = {"tiny": 64, "sd15": 512}
+PRESET_RESOLUTION = {"tiny": 64, "sd15": 512, "sdxl": 1024}
 
 
 class KeepAllProbsProcessor:
@@ -74,12 +74,21 @@ class OfficialEquivalentRun(TrainingRun):
         return super().training_step(draws)
 
 
-def configurations(device: torch.device, names: list[str] | None = None) -> dict[str, tuple[type, dict]]:
-    """The configurations compared (all, or those named): run class and TrainConfig overrides."""
+def configurations(device: torch.device, names: list[str] | None = None, preset: str = "tiny"
+                   ) -> dict[str, tuple[type, dict]]:
+    """The configurations compared (all, or those named): run class and TrainConfig overrides.
+
+    SDXL: "engine" is the default SDXL configuration (LoRA, frozen weights in bf16, bf16 autocast, gradient
+    checkpointing); the official-equivalent (full fine-tune of UNet and both text encoders in fp32, about
+    56 GB of weights, gradients and AdamW state before any activation) runs only when named in --configs.
+    """
     engine = dict(mode="lora", mixed_precision="no")
     official = dict(mode="full", train_text_encoder=True, mixed_precision="no")
     configs = {"engine": (TrainingRun, engine), "official-equivalent": (OfficialEquivalentRun, official)}
-    if device.type == "cuda":
+    if preset == "sdxl":
+        configs["engine"] = (TrainingRun, dict(engine, mixed_precision="bf16"))
+        names = names or ["engine"]
+    elif device.type == "cuda":
         configs = {"engine-bf16": (TrainingRun, dict(engine, mixed_precision="bf16")), **configs}
     if names:
         unknown = set(names) - set(configs)
@@ -89,9 +98,11 @@ def configurations(device: torch.device, names: list[str] | None = None) -> dict
     return configs
 
 
-def _components(preset: str):
-    from .testing import sd15_shaped_components, tiny_components
+def _components(preset: str, name: str = "engine"):
+    from .testing import sd15_shaped_components, sdxl_shaped_components, tiny_components
 
+    if preset == "sdxl":   # the engine's SDXL default keeps the frozen base in bf16; the official code trains fp32
+        return sdxl_shaped_components(seed=0, dtype=torch.float32 if name == "official-equivalent" else torch.bfloat16)
     return tiny_components(seed=0) if preset == "tiny" else sd15_shaped_components(seed=0)
 
 
@@ -112,10 +123,10 @@ def time_interleaved(preset: str, resolution: int, steps: int, device: torch.dev
 
     scene = synthetic_scene(size=max(resolution, 64))
     runs = {}
-    for name, (cls, overrides) in configurations(device, names).items():
+    for name, (cls, overrides) in configurations(device, names, preset).items():
         config = TrainConfig(phase1_steps=steps, phase2_steps=steps, resolution=resolution, seed=0, **overrides)
         # Built from the same seed, so every configuration starts from identical weights.
-        runs[name] = cls(_components(preset), scene, config, device).__enter__()
+        runs[name] = cls(_components(preset, name), scene, config, device).__enter__()
     timings = {name: {} for name in runs}
     try:
         for phase in (1, 2):
@@ -141,9 +152,9 @@ def peak_memory_worker(preset: str, resolution: int, name: str, device_name: str
     from .testing import synthetic_scene
 
     device = torch.device(device_name)
-    cls, overrides = configurations(device)[name]
+    cls, overrides = configurations(device, [name], preset)[name]
     config = TrainConfig(phase1_steps=2, phase2_steps=2, resolution=resolution, seed=0, **overrides)
-    components, scene = _components(preset), synthetic_scene(size=max(resolution, 64))
+    components, scene = _components(preset, name), synthetic_scene(size=max(resolution, 64))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     sampler = RssSampler() if device.type == "cpu" else None
@@ -189,9 +200,14 @@ class RssSampler:
 def peak_memory(preset: str, resolution: int, device: torch.device, names: list[str] | None = None
                 ) -> dict[str, int]:
     peaks = {}
-    for name in configurations(device, names):
+    for name in configurations(device, names, preset):
         out = subprocess.run([sys.executable, "-m", "bas_engine.bench", "--worker", name, preset,
-                              str(resolution), str(device)], capture_output=True, text=True, check=True)
+                              str(resolution), str(device)], capture_output=True, text=True)
+        if out.returncode != 0:    # out of memory (CUDA OOM, or killed by the kernel): it does not fit here
+            reason = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+            print(f"{name}: does not fit on {device} at {resolution} px ({reason[:200]})", file=sys.stderr)
+            peaks[name] = None
+            continue
         peaks[name] = int(out.stdout.strip().splitlines()[-1])
     return peaks
 
@@ -201,7 +217,7 @@ def run_benchmark(preset: str, resolution: int | None, steps: int, device: str,
     """Print a table and one JSON line; return the figures."""
     device = torch.device(device)
     resolution = resolution or PRESET_RESOLUTION[preset]
-    names = list(configurations(device, names))
+    names = list(configurations(device, names, preset))
     timings = (time_interleaved(preset, resolution, steps, device, names) if timing
                else {name: {"phase1_s_per_step": None, "phase2_s_per_step": None} for name in names})
     peaks = peak_memory(preset, resolution, device, names)
@@ -212,14 +228,16 @@ def run_benchmark(preset: str, resolution: int | None, steps: int, device: str,
     print(f"{'configuration':<22}{'phase1 s/step':>15}{'phase2 s/step':>15}{'peak MiB':>12}")
     for name, t in timings.items():
         cells = [f"{t[k]:.4f}" if t[k] is not None else "-" for k in ("phase1_s_per_step", "phase2_s_per_step")]
-        print(f"{name:<22}{cells[0]:>15}{cells[1]:>15}{peaks[name] / 2**20:>12.0f}")
+        peak = f"{peaks[name] / 2**20:.0f}" if peaks[name] is not None else "no fit"
+        print(f"{name:<22}{cells[0]:>15}{cells[1]:>15}{peak:>12}")
     ratios = {}
     engine = "engine-bf16" if "engine-bf16" in timings else "engine"
     if "official-equivalent" in timings and engine in timings:
         reference = timings["official-equivalent"]
         ratios = {f"{k}_speedup": reference[k] / timings[engine][k] for k in reference if timing}
         # A model this small can train inside memory the process already holds: then there is no ratio.
-        ratios["memory_ratio"] = peaks["official-equivalent"] / peaks[engine] if peaks[engine] > 0 else None
+        ratios["memory_ratio"] = (peaks["official-equivalent"] / peaks[engine]
+                                  if peaks[engine] and peaks["official-equivalent"] else None)
         memory = (f"x{ratios['memory_ratio']:.2f} less peak memory" if ratios["memory_ratio"]
                   else "memory too small to compare")
         speed = (f"phase1 x{ratios['phase1_s_per_step_speedup']:.2f} faster, "

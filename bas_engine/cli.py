@@ -17,7 +17,7 @@ LOG_PROGRESS_INTERVAL = 30.0
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="diffusers model folder or SD1.x/SD2.x checkpoint file")
+    p.add_argument("--model", required=True, help="diffusers model folder or SD1.x/SD2.x/SDXL checkpoint file")
     p.add_argument("--tokenizer", help="tokenizer folder (needed for single-file checkpoints)")
     p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"],
                    help="override the model's prediction type (SD2 768-v checkpoints need v_prediction)")
@@ -124,8 +124,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="s/step and peak memory: this engine vs an official-equivalent setup")
-    p.add_argument("--preset", choices=["tiny", "sd15"], default="tiny")
-    p.add_argument("--resolution", type=int, default=None, help="default 64 (tiny) or 512 (sd15)")
+    p.add_argument("--preset", choices=["tiny", "sd15", "sdxl"], default="tiny",
+                   help="random weights in the shapes of a tiny test model, SD1.5 or SDXL")
+    p.add_argument("--resolution", type=int, default=None, help="default 64 (tiny), 512 (sd15) or 1024 (sdxl)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per phase and configuration")
     p.add_argument("--device", default=None)
     p.add_argument("--configs", help="comma-separated subset: engine, engine-bf16, official-equivalent "

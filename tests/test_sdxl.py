@@ -15,7 +15,8 @@ from bas_engine.models import load_model
 from bas_engine.pack import ConceptPack, check_compatible, export_embeddings, export_kohya_lora, load_pack, save_pack
 from bas_engine.testing import save_model, tiny_components, tiny_sdxl_components
 from bas_engine.trainer import TrainingRun, train
-from engine_helpers import assert_same_state, make_scene, small_config, state_snapshot
+from engine_helpers import (SHARED_SCENES, assert_same_state, make_scene, needs_shared_scenes, small_config,
+                            state_snapshot)
 
 PROMPT = "a photo of <asset1> and <asset0> on the beach"
 
@@ -315,3 +316,41 @@ def test_sdxl_unet_configs_the_distilled_variants_and_refusals():
     with pytest.raises(ModelError, match="do not mirror"):
         diffusers_unet_config(dict(base, channel_mult=[1, 2, 4], transformer_depth=[0, 0, 2, 2, 4, 4],
                                    transformer_depth_output=[0, 0, 0, 1, 1, 1, 4, 4, 4]), family="sdxl")
+
+
+@needs_shared_scenes
+def test_cli_extract_export_generate_on_a_shared_scene(tmp_path, capsys):
+    """`bas extract / export / generate` end to end on an SDXL diffusers folder and a real photo."""
+    import os
+
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from bas_engine.cli import main
+
+    model_dir = str(tmp_path / "tiny-sdxl")
+    save_model(tiny_sdxl_components(), model_dir)
+    scene = os.path.join(SHARED_SCENES, "creature")
+    pack_path = str(tmp_path / "creature.safetensors")
+    assert main(["extract", scene, "--model", model_dir, "--out", pack_path, "--names", "figurine,bowl,stone",
+                 "--resolution", "64", "--phase1-steps", "2", "--phase2-steps", "2", "--train-text-encoder",
+                 "--device", "cpu", "--seed", "1"]) == 0
+    pack = load_pack(pack_path)
+    assert pack.family == "sdxl" and sorted(pack.handles) == ["clip_g", "clip_l"]
+    assert {k.split(".")[0] for k in pack.lora} == {"unet", "text_encoder", "text_encoder_2"}
+
+    lora_path, emb_dir = str(tmp_path / "lora.safetensors"), str(tmp_path / "emb")
+    assert main(["export", pack_path, "--lora", lora_path, "--embeddings", emb_dir]) == 0
+    prefixes = {k.split("_")[0] + "_" + k.split("_")[1] for k in load_file(lora_path)}
+    assert prefixes == {"lora_unet", "lora_te1", "lora_te2"}
+    embedding = load_file(os.path.join(emb_dir, "creature_figurine.safetensors"))
+    assert sorted(embedding) == ["clip_g", "clip_l"] and embedding["clip_g"].shape == (1, 48)
+
+    out_dir = tmp_path / "images"
+    assert main(["generate", pack_path, "--model", model_dir, "--prompt", "a photo of <figurine> and <stone>",
+                 "--out", str(out_dir), "--steps", "2", "--device", "cpu"]) == 0
+    images = sorted(os.listdir(out_dir))
+    assert len(images) == 1, images
+    assert Image.open(out_dir / images[0]).size == tuple(pack.meta["training_size"][::-1])
+    err = capsys.readouterr().err
+    assert "warning:" not in err, err          # same base model: no fingerprint warning
