@@ -94,6 +94,11 @@ NODE_SPECS: dict[str, tuple[list[tuple[str, str, bool]], list[tuple[str, str]]]]
          ("strength_model", "FLOAT", False), ("strength_clip", "FLOAT", False)],
         [("MODEL", "MODEL"), ("CLIP", "CLIP")]),
 }
+#: this pack's node types (their nodes carry the pack's registry id, cnr_id)
+PACK_NODES = {"MaskedConceptLoader", "BreakASceneTrainer", "ConceptPackLoader", "HandleInjector",
+              "ConceptPromptEncoder", "ConceptPackExport"}
+#: room for the frontend-only widgets of web/: the trainer's live view, the prompt encoder's handle chips
+FRONTEND_WIDGET_HEIGHT = {"BreakASceneTrainer": 320, "ConceptPromptEncoder": 34}
 #: nodes whose image COMBO gets the frontend's "upload" button widget (its value is stored last)
 UPLOAD_WIDGET = {"LoadImage", "LoadImageMask"}
 #: frontend-only nodes (no server class): dropped when converting to the API format
@@ -191,7 +196,7 @@ class Workflow:
             height += 26 + 250                     # upload button + image preview
         if node.type in ("SaveImage", "PreviewImage"):
             height += 250
-        return height + node.extra_height
+        return height + FRONTEND_WIDGET_HEIGHT.get(node.type, 0) + node.extra_height
 
     def _order(self) -> dict[int, int]:
         """Execution order the frontend stores ("order"): a topological sort, notes first."""
@@ -261,13 +266,14 @@ class Workflow:
             if node.type in UPLOAD_WIDGET:
                 values.append("image")
             height = self._height(node)
-            width = node.width or (380 if node.type in ("CLIPTextEncode", "ConceptPromptEncoder") else 340)
+            width = node.width or (380 if node.type in ("CLIPTextEncode", "ConceptPromptEncoder",
+                                                        "BreakASceneTrainer") else 340)
             entry = {"id": node.id, "type": node.type, "pos": place(node.col, height), "size": [width, height],
                      "flags": {}, "order": order[node.id], "mode": 0, "inputs": ui_inputs, "outputs": ui_outputs}
             if node.title:
                 entry["title"] = node.title
             entry["properties"] = {"Node name for S&R": node.type}
-            if node.type.startswith("BAS_"):
+            if node.type in PACK_NODES:
                 entry["properties"]["cnr_id"] = "comfyui-break-a-scene"
             entry["widgets_values"] = values
             if node.type in NODE_COLORS:
