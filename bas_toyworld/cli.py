@@ -1,4 +1,4 @@
-"""The toy world's `bas` subcommands (`bas demo`, `bas fidelity`), registered through the `bas.commands`
+"""The toy world's `bas` subcommands (`bas demo`, `bas fidelity`, `bas toy-eval`), registered through the `bas.commands`
 entry-point group (pyproject.toml), so the engine's CLI never imports the toy world."""
 from __future__ import annotations
 
@@ -37,6 +37,41 @@ def register_fidelity(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=2, help="images per prompt")
     p.add_argument("--workers", type=int, default=2, help="parallel runs (processes, one thread each)")
     p.set_defaults(run=cmd_fidelity)
+
+
+def register_toy_eval(sub: argparse._SubParsersAction) -> None:
+    """Add `bas toy-eval`."""
+    p = sub.add_parser("toy-eval", help="the base toy model on held-out one-object captions: shape/colour/texture/"
+                                        "background accuracy beside the judge's accuracy on the world's renders")
+    p.add_argument("--model", help="toy model folder (default: the committed one)")
+    p.add_argument("--captions", type=int, default=200, help="held-out captions (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out caption stream and the image noise")
+    p.add_argument("--steps", type=int, default=30, help="DDIM steps per image")
+    p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
+    p.add_argument("--sheet", help="also write a PNG: 32 world renders above the model's images of the same captions")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    p.set_defaults(run=cmd_toy_eval)
+
+
+def cmd_toy_eval(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .extraction import DEFAULT_MODEL
+    from .toy_eval import run_toy_eval
+
+    _check_toy_model(args.model)
+    if args.model is not None and not (Path(args.model) / "model_index.json").is_file():
+        raise BASError(f"--model: {args.model} is not a toy model folder (no model_index.json)")
+    for name in ("captions", "steps"):
+        if getattr(args, name) < 1:
+            raise BASError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.guidance < 1:
+        raise BASError(f"--guidance must be at least 1, got {args.guidance}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    run_toy_eval(args.model or DEFAULT_MODEL, args.captions, args.seed, args.steps, args.guidance, args.sheet)
 
 
 def _check_toy_model(model: str | None) -> None:

@@ -1,0 +1,71 @@
+"""`bas toy-eval`: held-out one-object captions, the model's images and the world's renders judged side by side."""
+import json
+
+import pytest
+import torch
+
+from bas_toyworld.model import TOY_CONFIGS, build_scheduler, build_text_encoder, build_unet, build_vae, save_pipeline
+from bas_toyworld.tokenizer import build_tokenizer, load_tokenizer
+from bas_toyworld.toy_eval import ATTRIBUTES, NOVEL_EVERY, heldout_cases, verdicts
+from bas_toyworld.world import NOVEL_CONCEPTS, caption, render_scene
+
+
+def test_heldout_cases_are_one_object_canonical_and_include_novel_concepts():
+    cases = heldout_cases(12, seed=3)
+    assert [c.caption for c in cases] == [c.caption for c in heldout_cases(12, seed=3)]
+    assert [c.caption for c in cases] != [c.caption for c in heldout_cases(12, seed=4)]
+    assert all(len(c.spec.objects) == 1 and c.caption == caption(c.spec) for c in cases)
+    novel = [c for i, c in enumerate(cases) if i % NOVEL_EVERY == NOVEL_EVERY - 1]
+    assert all(c.novel and c.spec.objects[0].concept in NOVEL_CONCEPTS for c in novel)
+    assert len({c.spec.background for c in cases}) > 1
+
+
+def test_verdicts_on_a_render_and_on_a_blank_image():
+    from bas_toyworld.judge import detect
+    from bas_toyworld.world import SceneSpec
+
+    case = heldout_cases(1, seed=0)[0]
+    assert verdicts(detect(render_scene(case.spec)[0]), case.spec) == dict.fromkeys(ATTRIBUTES, True)
+    empty = render_scene(SceneSpec((), case.spec.background))[0]
+    v = verdicts(detect(empty), case.spec)
+    assert v == {"shape": False, "colour": False, "texture": False, "background": True}
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory):
+    """A caption-blind model: the v1 design with random weights."""
+    cfg = TOY_CONFIGS["v1"]
+    tok = load_tokenizer(build_tokenizer(tmp_path_factory.mktemp("tok")))
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("model")
+    save_pipeline(d, build_vae(cfg), build_unet(cfg), build_text_encoder(cfg, tok), tok, build_scheduler())
+    return d
+
+
+def test_cli_toy_eval_json_line(random_model, tmp_path, capsys):
+    from bas_engine.cli import main
+
+    sheet = tmp_path / "sheet.png"
+    assert main(["toy-eval", "--model", str(random_model), "--captions", "8", "--steps", "2", "--seed", "1",
+                 "--sheet", str(sheet)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(out[-1])
+    assert out[0].split() == ["attribute", "model", "novel", "truth", "vae", "target"]
+    for side in ("model", "truth", "vae", "model_novel"):
+        assert set(result[side]) == set(ATTRIBUTES)
+        assert all(0.0 <= v <= 1.0 for v in result[side].values())
+    assert result["captions"] == 8 and result["seed"] == 1 and result["novel_captions"] == 2
+    # The judge reads the world's own renders right; a model that ignores the caption does far worse.
+    assert min(result["truth"].values()) >= 0.875 and result["truth_all_right"] >= 0.875
+    mean = lambda side: sum(result[side].values()) / len(ATTRIBUTES)  # noqa: E731
+    assert mean("model") < mean("truth") - 0.3
+    assert sheet.is_file()
+
+
+def test_cli_toy_eval_errors(tmp_path, capsys):
+    from bas_engine.cli import main
+
+    assert main(["toy-eval", "--captions", "0"]) == 2
+    assert "--captions must be at least 1" in capsys.readouterr().err
+    assert main(["toy-eval", "--model", str(tmp_path)]) == 2
+    assert "--model" in capsys.readouterr().err
