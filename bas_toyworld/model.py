@@ -30,6 +30,7 @@ class ToyModelConfig:
     latent_channels: int = 4
     unet_channels: tuple[int, ...] = (32, 64, 128)  # latent 32x32 -> 16x16 -> 8x8
     unet_heads: tuple[int, ...] = (1, 2, 4)  # head dim 32: CPU attention is slow with SD's head dim 8
+    unet_layers: int | tuple[int, ...] = 1  # ResNet (+ attention) layers per UNet level, or one count per level
     unet_norm_groups: int = 16
     text_dim: int = 768  # must equal SD 1.x's context width for the engine's family detection
     text_layers: int = 2
@@ -52,6 +53,17 @@ class ToyModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+#: Model designs by world version: "v1" is the committed ``weights/toy_sd``; "v2" is the design of issue 10 (a
+#: model that draws shapes; see README "Toy world v2"). ``scripts/pretrain_toy.py --config`` picks one.
+TOY_CONFIGS: dict[str, ToyModelConfig] = {
+    "v1": ToyModelConfig(),
+    # Capacity where the caption meets the picture and where an object's outline is decided (16x16 and 8x8:
+    # a large object spans ~6 cells at 16x16): wider and two layers there; the 32x32 level, which already
+    # draws textures right in v1, stays as it is (it is the costly one).
+    "v2": ToyModelConfig(unet_channels=(32, 96, 192), unet_heads=(1, 3, 6), unet_layers=(1, 2, 2)),
+}
 
 
 def build_vae(cfg: ToyModelConfig) -> "AutoencoderKL":
@@ -88,7 +100,7 @@ def build_unet(cfg: ToyModelConfig) -> "UNet2DConditionModel":
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
         mid_block_type="UNetMidBlock2DCrossAttn",
-        block_out_channels=cfg.unet_channels, layers_per_block=1,
+        block_out_channels=cfg.unet_channels, layers_per_block=cfg.unet_layers,
         cross_attention_dim=cfg.text_dim, attention_head_dim=cfg.unet_heads,  # diffusers: = number of heads
         norm_num_groups=cfg.unet_norm_groups, use_linear_projection=False,  # SD 1.x style proj_in conv
     )

@@ -12,12 +12,20 @@ StableDiffusionPipeline folder in fp16 (~22 MB) plus train_log.json and preview.
 Step counts come from --minutes through fixed nominal step times (measured on this 2-core CPU),
 so a given seed and --minutes always plan the same run; the wall-clock deadline only cuts a run
 short when the machine is slower than planned (then train_log.json says so).
+
+Long runs (--config v2, hours) are resumable: with --state-minutes / --state-every the whole training state
+(models, EMA, optimizer, every random generator, the scene stream's position, the step, the log) is written
+atomically to OUT/state.pt, and `--resume` continues from it exactly as if the run had not stopped (same
+losses, same weights). Use --no-deadline with explicit --vae-steps/--unet-steps for such runs: a wall-clock
+cut depends on the machine, the step counts do not.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -30,8 +38,9 @@ from diffusers.training_utils import EMAModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bas_engine.fileio import atomic_path, atomic_write_text  # noqa: E402
 from bas_toyworld.model import (  # noqa: E402
-    ToyModelConfig, build_scheduler, build_text_encoder, build_unet, build_vae, param_count, save_pipeline,
+    TOY_CONFIGS, build_scheduler, build_text_encoder, build_unet, build_vae, param_count, save_pipeline,
     weights_size_mb,
 )
 from bas_toyworld.tokenizer import build_tokenizer, load_tokenizer  # noqa: E402
@@ -47,13 +56,23 @@ RESERVE_S = 75.0  # saving + preview sampling at the end
 class SceneStream:
     """Endless deterministic stream of (images in [-1, 1], captions) from the world."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, count_weights: tuple[float, ...] | None = None):
         self.spec_rng = np.random.default_rng([seed, 11])
         self.text_rng = np.random.default_rng([seed, 12])
+        self.count_weights = count_weights
+
+    def state(self) -> dict:
+        """The stream's position (both generators), for a resumable checkpoint."""
+        return {"spec": self.spec_rng.bit_generator.state, "text": self.text_rng.bit_generator.state}
+
+    def set_state(self, state: dict) -> None:
+        self.spec_rng.bit_generator.state = state["spec"]
+        self.text_rng.bit_generator.state = state["text"]
 
     def batch(self, n: int, with_masks: bool = False):
         """(images (n, 3, 64, 64) in [-1, 1], captions[, object masks (n, 1, 64, 64) float])."""
-        specs = [random_spec(self.spec_rng) for _ in range(n)]
+        kw = {} if self.count_weights is None else {"count_weights": self.count_weights}
+        specs = [random_spec(self.spec_rng, **kw) for _ in range(n)]
         rendered = [render_scene(s) for s in specs]
         x = torch.from_numpy(np.stack([r[0] for r in rendered])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         caps = [caption(s, self.text_rng) for s in specs]
@@ -70,12 +89,47 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))  # cosine down to 10%
 
 
-def train_vae(vae, stream: SceneStream, steps: int, batch: int, lr: float, deadline: float, log: dict) -> None:
+STATE_FILE = "state.pt"
+
+
+class Halted(Exception):
+    """Raised after the state at --halt-at is written: the run stops as if it had been interrupted there."""
+
+
+class StateSaver:
+    """Writes the full training state to OUT/state.pt (atomically: a killed write leaves the previous one) every
+    ``every`` steps and every ``minutes`` minutes of wall clock; saving reads no random generator, so when it
+    happens does not change the run. ``tick`` is called after each step with the global step count (VAE steps,
+    then UNet steps) and a function that returns the state."""
+
+    def __init__(self, path: Path, every: int = 0, minutes: float = 0.0, halt_at: int | None = None):
+        self.path, self.every, self.minutes, self.halt_at = path, every, minutes, halt_at
+        self.last = time.time()
+
+    def tick(self, global_step: int, state, force: bool = False) -> None:
+        due = force or (self.every and global_step % self.every == 0) or global_step == self.halt_at or (
+            self.minutes and time.time() - self.last >= self.minutes * 60)
+        if not due:
+            return
+        with atomic_path(self.path) as tmp:
+            torch.save(state(), tmp)
+        self.last = time.time()
+        print(f"[state] step {global_step} -> {self.path}", flush=True)
+        if global_step == self.halt_at:
+            raise Halted(global_step)
+
+
+def train_vae(vae, stream: SceneStream, steps: int, batch: int, lr: float, deadline: float | None, log: dict,
+              saver: StateSaver | None = None, common_state=None, resume: dict | None = None) -> None:
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    hist, first = [], 0
+    if resume is not None:
+        opt.load_state_dict(resume["opt"])
+        hist, first = list(resume["hist"]), resume["step"]
     vae.train()
-    hist, t0 = [], time.time()
-    for step in range(steps):
-        if time.time() > deadline:
+    t0 = time.time()
+    for step in range(first, steps):
+        if deadline is not None and time.time() > deadline:
             log["vae_truncated_at"] = step
             break
         for g in opt.param_groups:
@@ -93,11 +147,13 @@ def train_vae(vae, stream: SceneStream, steps: int, batch: int, lr: float, deadl
         opt.step()
         hist.append(loss.item())
         if step % 50 == 0 or step == steps - 1:
-            print(f"[vae] {step}/{steps} l1 {np.mean(hist[-50:]):.4f} {(time.time() - t0) / (step + 1):.2f}s/step", flush=True)
+            print(f"[vae] {step}/{steps} l1 {np.mean(hist[-50:]):.4f} {(time.time() - t0) / (step + 1 - first):.2f}s/step", flush=True)
+        if saver is not None:
+            saver.tick(step + 1, lambda: common_state("vae", {"opt": opt.state_dict(), "hist": hist, "step": step + 1}))
     vae.eval()
     log["vae_steps"] = len(hist)
     log["vae_loss"] = [float(np.mean(hist[i:i + 50])) for i in range(0, len(hist), 50)]
-    log["vae_s_per_step"] = (time.time() - t0) / max(1, len(hist))
+    log["vae_s_per_step"] = (time.time() - t0) / max(1, len(hist) - first)
 
 
 @torch.no_grad()
@@ -129,9 +185,10 @@ def averaged_copies(ema: EMAModel, modules: list[torch.nn.Module]) -> list[torch
 
 
 def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: SceneStream, steps: int, batch: int,
-                    lr: float, text_lr: float, deadline: float, seed: int, log: dict, offset_noise: float = 0.0,
+                    lr: float, text_lr: float, deadline: float | None, seed: int, log: dict, offset_noise: float = 0.0,
                     high_noise_weight: float = 1.0, checkpoint=None, checkpoint_every: int = 0,
-                    stop_at: int | None = None) -> EMAModel:
+                    stop_at: int | None = None, saver: StateSaver | None = None, common_state=None,
+                    step_offset: int = 0, resume: dict | None = None, val_every: int = 200) -> EMAModel:
     gen = torch.Generator().manual_seed(seed + 1)
     drop_rng = np.random.default_rng([seed, 13])
     opt = torch.optim.AdamW([
@@ -139,14 +196,27 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
         {"params": text_encoder.parameters(), "lr": text_lr, "base": text_lr},
     ], betas=(0.9, 0.99), weight_decay=0.01)
     ema = ema_of([unet, text_encoder])
+    hist, first = [], 0
+    if resume is not None:
+        opt.load_state_dict(resume["opt"])
+        ema.load_state_dict(resume["ema"])
+        gen.set_state(resume["gen"])
+        drop_rng.bit_generator.state = resume["drop_rng"]
+        hist, first = list(resume["hist"]), resume["step"]
+    else:
+        log["val"] = []
     acp = scheduler.alphas_cumprod
     val = _validation_batch(vae, tokenizer, scheduler, seed)
-    log["val"] = []
     unet.train()
     text_encoder.train()
-    hist, t0 = [], time.time()
-    for step in range(steps):
-        if time.time() > deadline or (stop_at is not None and step >= stop_at):
+    t0 = time.time()
+
+    def phase_state(done: int) -> dict:
+        return {"opt": opt.state_dict(), "ema": ema.state_dict(), "gen": gen.get_state(),
+                "drop_rng": drop_rng.bit_generator.state, "hist": hist, "step": done}
+
+    for step in range(first, steps):
+        if (deadline is not None and time.time() > deadline) or (stop_at is not None and step >= stop_at):
             log["unet_truncated_at"] = step
             break
         for g in opt.param_groups:
@@ -180,18 +250,21 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
         opt.step()
         ema.step([p for m in (unet, text_encoder) for p in m.parameters()])
         hist.append(loss.item())
-        if step % 200 == 0 or step == steps - 1:
+        if step % val_every == 0 or step == steps - 1:
             log["val"].append({"step": step, **_conditioning_gap(unet, text_encoder, val)})
             print(f"[val] {log['val'][-1]}", flush=True)
         if checkpoint is not None and checkpoint_every and step > 0 and step % checkpoint_every == 0:
             checkpoint(ema, step)  # EMA weights so far: lets a long run be inspected while it goes on
         if step % 25 == 0 or step == steps - 1:
-            sps = (time.time() - t0) / (step + 1)
+            sps = (time.time() - t0) / (step + 1 - first)
             print(f"[unet] {step}/{steps} loss {np.mean(hist[-50:]):.4f} {sps:.2f}s/step "
                   f"eta {sps * (steps - step - 1) / 60:.1f} min", flush=True)
+        if saver is not None:
+            saver.tick(step_offset + step + 1, lambda: common_state("unet", phase_state(step + 1)),
+                       force=step == steps - 1)
     log["unet_steps"] = len(hist)
     log["unet_loss"] = [float(np.mean(hist[i:i + 50])) for i in range(0, len(hist), 50)]
-    log["unet_s_per_step"] = (time.time() - t0) / max(1, len(hist))
+    log["unet_s_per_step"] = (time.time() - t0) / max(1, len(hist) - first)
     unet.eval()
     text_encoder.eval()
     return ema
@@ -199,7 +272,13 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
 
 @torch.no_grad()
 def _validation_batch(vae, tokenizer, scheduler, seed: int, n: int = 32) -> dict:
-    """Fixed held-out scenes, noise and timesteps (upper half of t, where the caption matters most)."""
+    """Fixed held-out scenes, noise and timesteps (upper half of t, where the caption matters most), and
+    one-object scenes with their caption and the same caption naming another shape (t in [200, 800), where
+    outlines form) for the shape gap."""
+    from dataclasses import replace
+
+    from bas_toyworld.world import SHAPES
+
     stream = SceneStream(seed + 10_000)
     x, caps = stream.batch(n)
     gen = torch.Generator().manual_seed(seed + 2)
@@ -208,13 +287,24 @@ def _validation_batch(vae, tokenizer, scheduler, seed: int, n: int = 32) -> dict
     t = torch.randint(500, 1000, (n,), generator=gen)
     enc = lambda texts: tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,  # noqa: E731
                                   truncation=True, return_tensors="pt").input_ids
-    return {"noisy": scheduler.add_noise(lat, noise, t), "noise": noise, "t": t, "ids": enc(caps), "empty": enc([""] * n)}
+    rng = np.random.default_rng([seed, 10_001])
+    singles = [random_spec(rng, count_weights=(1.0,)) for _ in range(n)]
+    others = [replace(s, objects=(replace(s.objects[0], shape=SHAPES[(SHAPES.index(s.objects[0].shape) + 1 + i % 5) % 6]),))
+              for i, s in enumerate(singles)]
+    x1 = torch.from_numpy(np.stack([render_scene(s)[0] for s in singles])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    lat1 = vae.encode(x1).latent_dist.mean * vae.config.scaling_factor
+    noise1 = torch.randn(lat1.shape, generator=gen)
+    t1 = torch.randint(200, 800, (n,), generator=gen)
+    return {"noisy": scheduler.add_noise(lat, noise, t), "noise": noise, "t": t, "ids": enc(caps), "empty": enc([""] * n),
+            "shape": {"noisy": scheduler.add_noise(lat1, noise1, t1), "noise": noise1, "t": t1,
+                      "ids": enc([caption(s) for s in singles]), "other": enc([caption(s) for s in others])}}
 
 
 @torch.no_grad()
 def _conditioning_gap(unet, text_encoder, val: dict) -> dict:
     """Denoising loss with the true captions vs with empty ones: the gap shows how much the model
-    uses the text (0 = ignores it)."""
+    uses the text (0 = ignores it). The shape gap: on one-object scenes, the loss with the caption naming
+    another shape minus with the true caption (0 = the shape word does not matter to the model)."""
     was = unet.training
     unet.eval()
     text_encoder.eval()
@@ -223,6 +313,10 @@ def _conditioning_gap(unet, text_encoder, val: dict) -> dict:
         pred = unet(val["noisy"], val["t"], text_encoder(val[key])[0]).sample
         out["loss_caption" if key == "ids" else "loss_empty"] = F.mse_loss(pred, val["noise"]).item()
     out["gap"] = out["loss_empty"] - out["loss_caption"]
+    sv = val["shape"]
+    losses = [F.mse_loss(unet(sv["noisy"], sv["t"], text_encoder(sv[key])[0]).sample, sv["noise"]).item()
+              for key in ("ids", "other")]
+    out["shape_gap"] = losses[1] - losses[0]
     unet.train(was)
     text_encoder.train(was)
     return out
@@ -242,7 +336,10 @@ def write_recipe(model_dir: Path, log: dict, argv: list[str]) -> None:
     import platform
     import shlex
 
-    args = list(argv)
+    args = [x for x in argv if x != "--resume"]
+    if "--halt-at" in args:
+        i = args.index("--halt-at")
+        del args[i:i + 2]
     if "--out" in args:  # the output folder is the reader's choice
         i = args.index("--out")
         args[i + 1] = "OUT"
@@ -262,14 +359,23 @@ def write_recipe(model_dir: Path, log: dict, argv: list[str]) -> None:
         "note": "Saved weights are the EMA of the UNet and text encoder; fp16. Runs are deterministic for a "
                 "seed and step plan on one machine; another CPU gives close, not bitwise-equal, weights.",
     }
-    (model_dir / "pretrain.json").write_text(json.dumps(recipe, indent=1))
+    atomic_write_text(model_dir / "pretrain.json", json.dumps(recipe, indent=1))
+
+
+#: options that may differ between a run and its --resume (they do not change what is trained)
+RESUME_FREE_OPTIONS = ("out", "resume", "state_every", "state_minutes", "halt_at", "checkpoint_every",
+                       "preview_seeds", "threads")
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
+    ap.add_argument("--config", choices=sorted(TOY_CONFIGS), default="v1",
+                    help="model design (bas_toyworld.model.TOY_CONFIGS); v1 made the committed weights/toy_sd")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--minutes", type=float, default=40.0)
+    ap.add_argument("--no-deadline", action="store_true",
+                    help="never cut the run by wall clock (give --vae-steps and --unet-steps; resumable long runs)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--vae-steps", type=int, default=None, help="override the planned count")
     ap.add_argument("--unet-steps", type=int, default=None, help="override the planned count")
@@ -278,6 +384,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lr", type=float, default=8e-4)
     ap.add_argument("--text-lr", type=float, default=3e-4)
     ap.add_argument("--vae-lr", type=float, default=2e-3)
+    ap.add_argument("--count-weights", type=str, default=None,
+                    help="comma-separated P(1..k objects) of pretraining scenes (default the world's 35/30/20/15 %%)")
     ap.add_argument("--high-noise-weight", type=float, default=5.0,
                     help="cap of the extra (1 + 1/snr) loss weight on noisy steps; 1 = plain min-SNR-5")
     ap.add_argument("--offset-noise", type=float, default=0.0, help="per-channel offset noise strength")
@@ -286,21 +394,54 @@ def main(argv: list[str] | None = None) -> dict:
                          "(reproduces a run that the wall-clock deadline cut short)")
     ap.add_argument("--checkpoint-every", type=int, default=0,
                     help="save the EMA weights so far to OUT/checkpoint every N UNet steps (0 = never)")
+    ap.add_argument("--state-every", type=int, default=0,
+                    help="write the full training state to OUT/state.pt every N steps (VAE + UNet steps; 0 = never)")
+    ap.add_argument("--state-minutes", type=float, default=0.0,
+                    help="write the full training state to OUT/state.pt every M minutes of wall clock (0 = never)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue from OUT/state.pt (same options as the run that wrote it) exactly where it was")
+    ap.add_argument("--halt-at", type=int, default=None,
+                    help="stop after writing the state at this global step, as if interrupted (tests of --resume)")
+    ap.add_argument("--val-every", type=int, default=200,
+                    help="UNet steps between validation measurements (conditioning and shape gaps)")
     ap.add_argument("--preview-seeds", type=int, default=4, help="0 disables the preview grid")
     a = ap.parse_args(argv)
+    if a.val_every < 1:
+        ap.error(f"--val-every must be at least 1, got {a.val_every}")
+    count_weights = None
+    if a.count_weights:
+        try:
+            count_weights = tuple(float(v) for v in a.count_weights.split(","))
+        except ValueError:
+            ap.error(f"--count-weights: expected numbers like 0.5,0.25,0.15,0.1, got {a.count_weights!r}")
+        if any(w < 0 for w in count_weights) or sum(count_weights) <= 0:
+            ap.error(f"--count-weights: weights must be >= 0 with a positive sum, got {a.count_weights!r}")
+    if a.no_deadline and (a.vae_steps is None or a.unet_steps is None):
+        ap.error("--no-deadline needs --vae-steps and --unet-steps (the plan from --minutes assumes a deadline)")
 
     start = time.time()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    state = None
+    if a.resume:
+        if not (out / STATE_FILE).is_file():
+            ap.error(f"--resume: no training state at {out / STATE_FILE}")
+        state = torch.load(out / STATE_FILE, weights_only=False)
+        before = state["log"]["args"]
+        differ = [k for k in vars(a) if k not in RESUME_FREE_OPTIONS and before.get(k) != getattr(a, k)]
+        if differ:
+            ap.error("--resume: options differ from the run that wrote the state: " + ", ".join(
+                f"--{k.replace('_', '-')} {before.get(k)!r} there, {getattr(a, k)!r} here" for k in differ))
     vae_steps, unet_steps = plan(a.minutes)
     vae_steps = a.vae_steps or vae_steps
     unet_steps = a.unet_steps or unet_steps
-    end = start + a.minutes * 60 - RESERVE_S
-    cfg = ToyModelConfig()
-    log: dict = {"args": vars(a), "config": cfg.to_dict(), "planned": {"vae_steps": vae_steps, "unet_steps": unet_steps}}
-    print(f"plan: vae {vae_steps} steps, unet {unet_steps} steps, {a.threads} threads", flush=True)
+    end = None if a.no_deadline else start + a.minutes * 60 - RESERVE_S
+    cfg = TOY_CONFIGS[a.config]
+    log: dict = {"args": vars(a), "argv": list(sys.argv[1:] if argv is None else argv), "config": cfg.to_dict(),
+                 "planned": {"vae_steps": vae_steps, "unet_steps": unet_steps}}
+    print(f"plan: {a.config}, vae {vae_steps} steps, unet {unet_steps} steps, {a.threads} threads", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = load_tokenizer(build_tokenizer(tmp))
@@ -308,38 +449,77 @@ def main(argv: list[str] | None = None) -> dict:
     text_encoder = build_text_encoder(cfg, tokenizer)
     scheduler = build_scheduler()
     log["params"] = {"vae": param_count(vae), "unet": param_count(unet), "text_encoder": param_count(text_encoder)}
-    stream = SceneStream(a.seed)
+    stream = SceneStream(a.seed, count_weights)
+    phase, seconds_before = "vae", 0.0
+    if state is not None:
+        for name, module in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder)):
+            module.load_state_dict(state[name])
+        stream.set_state(state["stream"])
+        torch.set_rng_state(state["torch_rng"])
+        log, phase, seconds_before = state["log"], state["phase"], state["train_seconds"]
+        print(f"resumed from {out / STATE_FILE}: {phase} phase, step {state['phase_state']['step']}", flush=True)
 
-    vae_deadline = start + (end - start) * VAE_TIME_FRACTION * 1.15  # a little slack, then cut
-    train_vae(vae, stream, vae_steps, a.vae_batch, a.vae_lr, vae_deadline, log)
-    vae.requires_grad_(False)
-    sf, psnr = latent_scaling(vae, stream)
-    vae.register_to_config(scaling_factor=sf)
-    log["vae_scaling_factor"], log["vae_psnr_db"] = sf, psnr
-    print(f"vae: scaling_factor {sf:.4f}, reconstruction PSNR {psnr:.1f} dB", flush=True)
+    saver = StateSaver(out / STATE_FILE, a.state_every, a.state_minutes, a.halt_at) if (
+        a.state_every or a.state_minutes or a.halt_at is not None) else None
 
-    def checkpoint(ema: EMAModel, step: int) -> None:
-        u, t = averaged_copies(ema, [unet, text_encoder])
-        save_pipeline(out / "checkpoint", vae, u, t, tokenizer, scheduler)
-        (out / "checkpoint" / "step.txt").write_text(str(step))
+    def common_state(phase_name: str, phase_state: dict) -> dict:
+        """Everything a resumed run needs besides the phase's own optimizer/EMA/generators."""
+        return {"phase": phase_name, "phase_state": phase_state, "log": log, "stream": stream.state(),
+                "torch_rng": torch.get_rng_state(), "train_seconds": seconds_before + time.time() - start,
+                "vae": vae.state_dict(), "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict()}
 
-    ema = train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream, unet_steps, a.batch, a.lr,
-                          a.text_lr, end, a.seed, log, offset_noise=a.offset_noise,
-                          high_noise_weight=a.high_noise_weight, checkpoint=checkpoint,
-                          checkpoint_every=a.checkpoint_every, stop_at=a.unet_stop_at)
+    try:
+        if phase == "vae":
+            vae_deadline = None if end is None else start + (end - start) * VAE_TIME_FRACTION * 1.15  # slack, then cut
+            train_vae(vae, stream, vae_steps, a.vae_batch, a.vae_lr, vae_deadline, log, saver, common_state,
+                      state["phase_state"] if state is not None else None)
+            vae.requires_grad_(False)
+            sf, psnr = latent_scaling(vae, stream)
+            vae.register_to_config(scaling_factor=sf)
+            log["vae_scaling_factor"], log["vae_psnr_db"] = sf, psnr
+            print(f"vae: scaling_factor {sf:.4f}, reconstruction PSNR {psnr:.1f} dB", flush=True)
+        else:
+            vae.eval()
+            vae.requires_grad_(False)
+            vae.register_to_config(scaling_factor=log["vae_scaling_factor"])
+
+        def checkpoint(ema: EMAModel, step: int) -> None:
+            """The EMA weights so far as a model folder (OUT/checkpoint, swapped in whole)."""
+            u, t = averaged_copies(ema, [unet, text_encoder])
+            tmp_dir, final = out / ".checkpoint.tmp", out / "checkpoint"
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            save_pipeline(tmp_dir, vae, u, t, tokenizer, scheduler)
+            (tmp_dir / "step.txt").write_text(str(step))
+            old = out / ".checkpoint.old"
+            shutil.rmtree(old, ignore_errors=True)
+            if final.exists():
+                os.replace(final, old)
+            os.replace(tmp_dir, final)
+            shutil.rmtree(old, ignore_errors=True)
+
+        ema = train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream, unet_steps, a.batch, a.lr,
+                              a.text_lr, end, a.seed, log, offset_noise=a.offset_noise,
+                              high_noise_weight=a.high_noise_weight, checkpoint=checkpoint,
+                              checkpoint_every=a.checkpoint_every, stop_at=a.unet_stop_at, saver=saver,
+                              common_state=common_state, step_offset=log["vae_steps"],
+                              resume=state["phase_state"] if state is not None and phase == "unet" else None,
+                              val_every=a.val_every)
+    except Halted as halted:
+        print(f"halted after step {halted.args[0]} (--halt-at); continue with --resume", flush=True)
+        return {"halted_at": halted.args[0]}
     ema.copy_to([p for m in (unet, text_encoder) for p in m.parameters()])
     model_dir = out / "model"
     save_pipeline(model_dir, vae, unet, text_encoder, tokenizer, scheduler)
     log["weights_mb"] = weights_size_mb(model_dir)
-    log["train_minutes"] = (time.time() - start) / 60
+    log["train_minutes"] = (seconds_before + time.time() - start) / 60
     if a.preview_seeds > 0:
         from bas_toyworld.model import load_pipeline
         from bas_toyworld.preview import preview
 
         log["preview"] = preview(load_pipeline(model_dir), out / "preview.png", n_seeds=a.preview_seeds, steps=25)
-    log["total_minutes"] = (time.time() - start) / 60
-    (out / "train_log.json").write_text(json.dumps(log, indent=1))
-    write_recipe(model_dir, log, sys.argv[1:] if argv is None else argv)
+    log["total_minutes"] = (seconds_before + time.time() - start) / 60
+    atomic_write_text(out / "train_log.json", json.dumps(log, indent=1))
+    write_recipe(model_dir, log, log["argv"])
     print(f"saved {model_dir} ({log['weights_mb']:.1f} MB) in {log['total_minutes']:.1f} min", flush=True)
     return log
 
