@@ -141,7 +141,7 @@ async function refresh(node) {
 }
 
 function encoders() {
-  return (app.graph?._nodes ?? []).filter((node) => node.comfyClass === ENCODER && node.basChips);
+  return (app.graph?.findNodesByType?.(ENCODER) ?? []).filter((node) => node.basChips);
 }
 
 app.registerExtension({

@@ -22,7 +22,7 @@ const OUT = args.out;
 const MODE = args.mode ?? "test";
 const PACK_FOLDER = args.pack ?? "ComfyUI-Break-A-Scene";
 const CHROMIUM = process.env.BAS_CHROMIUM ?? "/usr/bin/chromium";
-const TRAIN = { phase1_steps: Number(args.phase1 ?? 12), phase2_steps: Number(args.phase2 ?? 12) };
+const TRAIN = { phase1_steps: Number(args.phase1 ?? 4), phase2_steps: Number(args.phase2 ?? 2) };
 fs.mkdirSync(OUT, { recursive: true });
 
 const report = { console: [], pageErrors: [], steps: [], screenshots: [], failed: null };
@@ -81,9 +81,9 @@ async function loadTemplate(page, name) {
   await shot(page, "02-template-browser");
   const card = dialog.getByText(name, { exact: true }).first();
   await card.waitFor({ timeout: 15000 });
+  await page.waitForTimeout(1500);                   // let the card images load
   const thumbnail = await page.evaluate((name) => {
-    const img = [...document.querySelectorAll("[data-testid='template-workflows-content'] img")]
-      .find((i) => i.src.includes(`/${name}.jpg`));
+    const img = [...document.querySelectorAll("img")].find((i) => i.src.includes(`/${name}.jpg`));
     return img ? { src: img.src, complete: img.complete, width: img.naturalWidth } : null;
   }, name);
   log("template card", { thumbnail });
@@ -181,7 +181,7 @@ async function runTest(page) {
   report.reload.after = await liveState(page);
   await shot(page, "05-after-reload");
 
-  await waitFor(page, () => document.querySelector(".bas-live")?.dataset.phase === "done", null, 600000,
+  await waitFor(page, () => document.querySelector(".bas-live")?.dataset.phase === "done", null, 1800000,
     "the end of training");
   await page.waitForTimeout(500);
   report.done = await liveState(page);

@@ -299,3 +299,58 @@ def test_pack_route_refuses_names_outside_the_packs_folder(bas, comfy_dirs):
     for name in ("outside", "outside.safetensors", "missing"):
         status, body = summary(name)
         assert status == 404 and "no concept pack" in body["error"], (name, status, body)
+
+
+# -- the trainer's live view (nodes/live.py) -------------------------------------------------------------------
+
+def test_live_view_messages_are_rate_limited_small_and_complete(bas):
+    """Progress at most every PROGRESS_INTERVAL s (plus the first and last step), the history downsampled to
+    HISTORY_POINTS with every step counted, NaN (no attention loss) as null, maps unflipped, a done snapshot."""
+    import json
+
+    live = bas.module("nodes.live")
+    import importlib
+
+    callbacks = importlib.import_module(".bas_engine.callbacks", package=bas.package)
+    sent, now = [], [0.0]
+    view = live.LiveView("7", ["<asset0>", "<asset1>"], ["cat", "bowl"], send=lambda name, data: sent.append((name, data)),
+                         clock=lambda: now[0])
+    total = 1000
+    for done in range(1, total + 1):
+        now[0] += 0.01                                  # 100 steps/s: 50 steps between two messages
+        phase, step = (1, done) if done <= 500 else (2, done - 500)
+        view.on_progress(callbacks.ProgressEvent(phase, step, 500, done, total,
+                                                 {"diffusion": 0.5, "loss": 0.5 + 1e-3 * done}))
+    assert {name for name, _ in sent} == {live.EVENT}
+    progress = [data for _, data in sent]
+    assert progress[0]["done"] == 1 and progress[-1]["done"] == total and progress[-1]["eta"] == 0
+    assert 18 <= len(progress) <= 22, len(progress)                 # 10 s of training, one message per 0.5 s
+    assert abs(progress[-1]["rate"] - 100) < 1
+    last = progress[-1]["history"]
+    assert len(last["steps"]) == live.HISTORY_POINTS and last["steps"][-1] == total
+    assert last["attention"] == [None] * live.HISTORY_POINTS       # no attention loss this run
+    assert abs(last["total"][-1] - (0.5 + 1e-3 * (total - 1.5))) < 1e-3    # bucket means
+    assert max(len(json.dumps(data)) for data in progress) < 32 * 1024
+    assert [c["name"] for c in progress[0]["concepts"]] == ["cat", "bowl"]
+
+    image = torch.zeros(3, 32, 48)
+    image[0, :, :24] = 1.0                             # red on the left of the flipped picture
+    maps = torch.zeros(2, 8, 12)
+    maps[0, :, :6] = 1.0                               # handle 0 attends to the left of the flipped picture
+    view.on_preview(callbacks.PreviewEvent(2, 500, total, total, image, maps, [True, False], ["<asset0>", "<asset1>"],
+                                           flipped=True))
+    kind = sent[-1][1]
+    assert kind["kind"] == "maps" and kind["chosen"] == [True, False] and len(kind["maps"]) == 2
+    import base64
+    import io
+
+    from PIL import Image
+
+    heat = Image.open(io.BytesIO(base64.b64decode(kind["maps"][0].split(",", 1)[1])))
+    assert heat.size == (12, 8) and heat.getpixel((11, 4)) == 255 and heat.getpixel((0, 4)) == 0, "maps unflipped"
+    view.finish({"phase2_loss": 1.0})
+    done = sent[-1][1]
+    assert done["kind"] == "done" and done["cached"] is False and done["maps"] == kind["maps"]
+    assert done["history"] == last and done["losses"] == {"phase2_loss": 1.0}
+    assert len({data["run"] for _, data in sent}) == 1
+    assert view.snapshot()["history"] == last
