@@ -52,3 +52,34 @@ def test_trainer_node_errors_name_the_setting_from_the_error_field(bas):
         training.make_config({"resolution": 100000}, num_concepts=2)
     config = training.make_config({"phase2_lr": 0.0}, num_concepts=2)
     assert config.phase2_lr is None and config == dataclasses.replace(config)
+
+
+def test_one_handle_syntax_for_the_cli_and_the_prompt_node(bas):
+    """A prompt the engine (CLI, API) accepts is accepted by the Concept Prompt Encoder and the reverse, with the
+    same error for an unknown handle."""
+    import importlib
+
+    import torch
+
+    # the pack's own copy of the engine (ComfyUI loads it as a package), whose errors the node catches
+    BASError = importlib.import_module(f"{bas.package}.bas_engine.errors").BASError
+    ConceptPack = importlib.import_module(f"{bas.package}.bas_engine.pack").ConceptPack
+
+    pack = ConceptPack(["<asset0>", "<asset1>"], ["figurine", "bowl"], [None, None],
+                       {"clip_l": torch.zeros(2, 8)}, "lora", {"unet.x.lora_down": torch.zeros(1)}, {})
+    concepts = bas.module("nodes.types").Concepts(pack, "scene")
+    rewrite = bas.module("nodes.prompt").rewrite_prompt
+    prompts = ["a photo of <asset0>", "<figurine> next to <asset1>", "(<bowl>:1.2) on a table", "no handle",
+               "<lora:style:0.8> and <asset0>", "<asset2> is unknown", "<cat>", "<Figurine>"]
+    for prompt in prompts:
+        try:
+            engine = pack.rewrite_prompt(prompt)
+        except BASError as exc:
+            with pytest.raises(ValueError) as info:
+                rewrite(prompt, concepts)
+            assert str(info.value) == f"text: {exc}", prompt
+            continue
+        node = rewrite(prompt, concepts)
+        # the same handles, spelled as the token (engine) or as the embedding (node)
+        spelled = engine.replace("<asset0>", " embedding:scene_figurine ").replace("<asset1>", " embedding:scene_bowl ")
+        assert node == spelled, prompt
