@@ -393,7 +393,10 @@ def diffusers_to_comfy_clip_keys(text_encoder_or_names, encoder: TextEncoderSpec
     names = (text_encoder_or_names.state_dict().keys() if isinstance(text_encoder_or_names, torch.nn.Module)
              else text_encoder_or_names)
     prefix = encoder.comfy_prefix
-    return {n: prefix + n.removeprefix("text_model.") for n in names if not n.endswith("position_ids")}
+    # the pooled encoder's projection sits beside the text model: clip_g.transformer.text_projection.weight
+    beside = prefix.removesuffix("text_model.")
+    return {n: (beside + n if n == "text_projection.weight" else prefix + n.removeprefix("text_model."))
+            for n in names if not n.endswith("position_ids")}
 
 
 # --------------------------------------------------------------------------------------------------------------

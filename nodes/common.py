@@ -114,26 +114,35 @@ def prediction_type(model, what: str = "model") -> str:
     raise UserError(f"{what}: prediction type {label} is not supported (epsilon and v-prediction are)")
 
 
-def clip_encoder(clip, what: str = "clip") -> str:
-    """Name of the CLIP's text encoder ('clip_l', 'clip_h', ...)."""
+def clip_encoders(clip, what: str = "clip") -> list[str]:
+    """Names of the CLIP's text encoders: ['clip_l'], ['clip_h'], SDXL's ['clip_l', 'clip_g'] (family order)."""
     if clip is None:
         raise UserError(f"{what}: no CLIP connected (does the checkpoint have a text encoder?)")
     tokenizer = getattr(clip, "tokenizer", None)
     name = getattr(tokenizer, "clip", None)
-    if not isinstance(name, str) or not hasattr(tokenizer, name):
-        raise UserError(f"{what}: this CLIP ({type(tokenizer).__name__}) is not a text encoder of "
-                        f"{supported_labels()}")
-    return name
+    if isinstance(name, str) and hasattr(tokenizer, name):
+        return [name]
+    # ComfyUI's multi-encoder tokenizers (SDXLTokenizer) hold one tokenizer per encoder, named like ours
+    for family in FAMILIES.values():
+        if len(family.text_encoders) > 1 and all(hasattr(tokenizer, n) for n in family.encoder_names):
+            return list(family.encoder_names)
+    raise UserError(f"{what}: this CLIP ({type(tokenizer).__name__}) is not a text encoder of {supported_labels()}")
 
 
-def check_clip(clip, family: str, what: str = "clip") -> str:
-    encoder = clip_encoder(clip, what)
+def clip_encoder(clip, what: str = "clip") -> str:
+    """Name of the CLIP's (first) text encoder ('clip_l', 'clip_h', ...)."""
+    return clip_encoders(clip, what)[0]
+
+
+def check_clip(clip, family: str, what: str = "clip") -> list[str]:
+    """The CLIP's text encoders, checked against the family's; an error names both when they differ."""
+    encoders = clip_encoders(clip, what)
     spec = get_family(family)
-    expected = spec.text_encoders[0].name
-    if encoder != expected:
-        raise UserError(f"{what}: this CLIP has a {encoder} text encoder, but the {spec.label} model "
-                        f"needs {expected}; connect the CLIP of the same checkpoint")
-    return encoder
+    if encoders != list(spec.encoder_names):
+        have = f"a {encoders[0]} text encoder" if len(encoders) == 1 else f"{' + '.join(encoders)} text encoders"
+        raise UserError(f"{what}: this CLIP has {have}, but the {spec.label} model needs "
+                        f"{' + '.join(spec.encoder_names)}; connect the CLIP of the same checkpoint")
+    return encoders
 
 
 def comfy_tokenizer_dir() -> str:

@@ -13,7 +13,7 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from .common import CATEGORY, UserError, check_clip, clip_encoder, model_family
+from .common import CATEGORY, UserError, check_clip, clip_encoders, model_family
 from .common import unet_fingerprint, user_error
 from .types import Concepts, ConceptsType
 
@@ -55,39 +55,43 @@ def handle_vectors(concepts: Concepts, encoder: str) -> dict[str, torch.Tensor]:
     return {stem: vectors[i:i + 1] for i, stem in enumerate(concepts.stems())}
 
 
-def installed_handles(clip) -> dict[str, torch.Tensor]:
+def installed_handles(clip, encoder: str | None = None) -> dict[str, torch.Tensor]:
+    """The handles installed in the CLIP's tokenizer of `encoder` (default: its first text encoder)."""
     tokenizer = clip.tokenizer
-    inner = getattr(tokenizer, tokenizer.clip, None)
+    inner = getattr(tokenizer, encoder or clip_encoders(clip)[0], None)
     lookup = getattr(inner, "_try_get_embedding", None)
     return lookup.handles if isinstance(lookup, HandleLookup) else {}
 
 
 def has_handles(clip, concepts: Concepts) -> bool:
-    installed = installed_handles(clip)
-    wanted = handle_vectors(concepts, clip.tokenizer.clip)
-    return all(name in installed and torch.equal(installed[name], vec) for name, vec in wanted.items())
+    for encoder in clip_encoders(clip):
+        installed = installed_handles(clip, encoder)
+        wanted = handle_vectors(concepts, encoder)
+        if not all(name in installed and torch.equal(installed[name], vec) for name, vec in wanted.items()):
+            return False
+    return True
 
 
 def install_handles(clip, concepts: Concepts) -> None:
-    """Give `clip` (a clone: its tokenizer object is replaced, not changed) the pack's handles as embeddings."""
-    encoder = clip_encoder(clip)
-    tokenizer = clip.tokenizer
-    inner = getattr(tokenizer, encoder)
-    vectors = handle_vectors(concepts, encoder)
-    size = getattr(inner, "embedding_size", None)
-    for name, vec in vectors.items():
-        if size is not None and vec.shape[-1] != size:
-            raise UserError(f"concepts: handle {name} has {vec.shape[-1]} values, this CLIP's {encoder} embeds "
-                            f"{size}; the pack was made for another model family")
-    new_inner = copy.copy(inner)
-    handles = {**installed_handles(clip), **vectors}
-    fallback = type(inner)._try_get_embedding.__get__(new_inner)
-    new_inner._try_get_embedding = HandleLookup(handles, fallback)
-    if new_inner.embedding_directory is None:       # ComfyUI ignores 'embedding:' without a directory
-        new_inner.embedding_directory = []
-    new_tokenizer = copy.copy(tokenizer)
-    setattr(new_tokenizer, encoder, new_inner)
-    clip.tokenizer = new_tokenizer
+    """Give `clip` (a clone: its tokenizer object is replaced, not changed) the pack's handles as embeddings, in
+    every text encoder's tokenizer (SDXL: clip_l and clip_g, each with its own vectors)."""
+    tokenizer = copy.copy(clip.tokenizer)
+    for encoder in clip_encoders(clip):
+        inner = getattr(tokenizer, encoder)
+        vectors = handle_vectors(concepts, encoder)
+        size = getattr(inner, "embedding_size", None)
+        for name, vec in vectors.items():
+            if size is not None and vec.shape[-1] != size:
+                raise UserError(f"concepts: handle {name} has {vec.shape[-1]} values, this CLIP's {encoder} embeds "
+                                f"{size}; the pack was made for another model family")
+        new_inner = copy.copy(inner)
+        handles = {**installed_handles(clip, encoder), **vectors}
+        fallback = type(inner)._try_get_embedding.__get__(new_inner)
+        new_inner._try_get_embedding = HandleLookup(handles, fallback)
+        if new_inner.embedding_directory is None:       # ComfyUI ignores 'embedding:' without a directory
+            new_inner.embedding_directory = []
+        setattr(tokenizer, encoder, new_inner)
+    clip.tokenizer = tokenizer
 
 
 # -- weights -----------------------------------------------------------------------------------------------------
@@ -129,8 +133,14 @@ def apply_deltas(model, clip, pack, family: str, strength_model: float, strength
     from ..bas_engine.ldm import diffusers_to_comfy_clip_keys, diffusers_to_ldm_unet_keys, diffusers_unet_config
 
     unet_deltas = {k[len("unet."):]: v for k, v in pack.deltas.items() if k.startswith("unet.")}
-    te_deltas = {k[len("text_encoder."):]: v for k, v in pack.deltas.items() if k.startswith("text_encoder.")}
-    other = [k for k in pack.deltas if not k.startswith(("unet.", "text_encoder."))]
+    from ..bas_engine.families import get_family
+
+    # pack prefix of each text encoder ("text_encoder", SDXL's "text_encoder_2") -> its family entry
+    specs = {("text_encoder" if i == 0 else f"text_encoder_{i + 1}"): spec
+             for i, spec in enumerate(get_family(family).text_encoders)}
+    te_deltas = {prefix: {k[len(prefix) + 1:]: v for k, v in pack.deltas.items() if k.startswith(prefix + ".")}
+                 for prefix in specs}
+    other = [k for k in pack.deltas if k.split(".", 1)[0] not in ("unet", *specs)]
     if other:
         raise UserError(f"concepts: unexpected weight deltas in the pack ({', '.join(other[:3])})")
     new_model, new_clip = model.clone(), clip.clone()
@@ -145,11 +155,11 @@ def apply_deltas(model, clip, pack, family: str, strength_model: float, strength
         if accepted != set(patches):
             missing = sorted(set(patches) - accepted)
             raise UserError(f"concepts: ComfyUI refused {len(missing)} UNet weight deltas (e.g. {missing[:3]})")
-    if te_deltas:
-        from ..bas_engine.families import get_family
-
-        names = diffusers_to_comfy_clip_keys(list(te_deltas), get_family(family).text_encoders[0])
-        patches = {names[k]: (v,) for k, v in te_deltas.items()}
+    for prefix, deltas in te_deltas.items():
+        if not deltas:
+            continue
+        names = diffusers_to_comfy_clip_keys(list(deltas), specs[prefix])
+        patches = {names[k]: (v,) for k, v in deltas.items()}
         accepted = set(new_clip.add_patches(patches, strength_clip))
         if accepted != set(patches):
             missing = sorted(set(patches) - accepted)
@@ -165,12 +175,12 @@ def inject(model, clip, concepts: Concepts, strength_model: float = 1.0, strengt
     if not isinstance(concepts, Concepts):
         raise UserError(f"concepts: expected BAS_CONCEPTS, got {type(concepts).__name__}")
     family = model_family(model)
-    encoder = check_clip(clip, family)
+    encoders = check_clip(clip, family)
     pack = concepts.pack
-    width = getattr(getattr(clip.tokenizer, encoder), "embedding_size", None)
+    widths = {encoder: getattr(getattr(clip.tokenizer, encoder), "embedding_size", None) for encoder in encoders}
     try:
         for warning in check_compatible(pack, family, unet_fingerprint(model),
-                                        encoder_widths={encoder: width} if width else None):
+                                        encoder_widths={k: w for k, w in widths.items() if w} or None):
             log.warning("Break-A-Scene Handle Injector: %s", warning)
     except BASError as exc:
         raise user_error("concepts", exc) from exc

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .common import CATEGORY, UserError, clip_encoder, user_error
+from .common import CATEGORY, UserError, clip_encoders, user_error
 from .inject import has_handles, install_handles
 from .types import Concepts, ConceptsType
 
@@ -28,18 +28,27 @@ def rewrite_prompt(text: str, concepts: Concepts) -> str:
 def encode(clip, concepts: Concepts, text: str):
     if not isinstance(concepts, Concepts):
         raise UserError(f"concepts: expected BAS_CONCEPTS, got {type(concepts).__name__}")
-    encoder = clip_encoder(clip)
+    encoders = clip_encoders(clip)
     from ..bas_engine.families import FAMILIES
 
     family = FAMILIES.get(concepts.pack.family)
-    if family is not None and encoder not in family.encoder_names:
+    if family is not None and encoders != list(family.encoder_names):
         raise UserError(f"concepts: the pack was trained on an {family.label} model (text encoder "
-                        f"{', '.join(family.encoder_names)}), but this CLIP has {encoder}")
+                        f"{', '.join(family.encoder_names)}), but this CLIP has {', '.join(encoders)}")
     rewritten = rewrite_prompt(text, concepts)
     if not has_handles(clip, concepts):
         clip = clip.clone()
         install_handles(clip, concepts)
-    return clip.encode_from_tokens_scheduled(clip.tokenize(rewritten))
+    return clip.encode_from_tokens_scheduled(clip.tokenize(rewritten), add_dict=size_conditioning(family))
+
+
+def size_conditioning(family) -> dict:
+    """SDXL's size conditioning as ComfyUI's CLIPTextEncodeSDXL sets it by default: original and target size at
+    the family's native resolution (1024), no crop. Empty for families without it."""
+    if family is None or family.pooled_encoder is None:
+        return {}
+    side = family.native_resolution
+    return {"width": side, "height": side, "crop_w": 0, "crop_h": 0, "target_width": side, "target_height": side}
 
 
 class ConceptPromptEncoder(io.ComfyNode):

@@ -317,12 +317,12 @@ Packs live in models/break_a_scene/ (one .safetensors per scene: handles + LoRA 
 
 
 def _generate_tail(wf: Workflow, model: Ref, clip: Ref, concepts: Ref, text: str, *, col: int,
-                   prefix: str) -> None:
+                   prefix: str, size: int = 512) -> None:
     """Handle prompt + negative + empty latent -> KSampler -> VAEDecode -> SaveImage (needs wf.vae)."""
     pos = wf.add("ConceptPromptEncoder", title="Prompt with handles (positive)", col=col, clip=clip,
                  concepts=concepts, text=text)
     neg = wf.add("CLIPTextEncode", title="Negative prompt", col=col, clip=clip, text=NEGATIVE)
-    latent = wf.add("EmptyLatentImage", col=col, width=512, height=512, batch_size=1)
+    latent = wf.add("EmptyLatentImage", col=col, width=size, height=size, batch_size=1)
     sampler = wf.add("KSampler", col=col + 1, seed_control="randomize", model=model, positive=pos[0],
                      negative=neg[0], latent_image=latent[0], seed=42, denoise=1.0, **SAMPLER)
     image = wf.add("VAEDecode", col=col + 1, samples=sampler[0], vae=wf.vae)
@@ -367,6 +367,56 @@ works. Train on a GPU: on a CPU the 800 steps at 512 px take hours.""" + COMMON_
                    "an oil painting of <bowl> next to <figurine>, on a wooden table", col=4,
                    prefix="break_a_scene/creature")
     return wf
+
+
+SDXL = "sd_xl_base_1.0.safetensors"
+SDXL_PACK = "creature_xl"
+#: the paper's recipe on SDXL at its native 1024 px (the engine turns on gradient checkpointing for SDXL)
+SDXL_TRAINER = dict(TRAINER_DEFAULTS, resolution=1024)
+
+
+def sdxl_extract_and_generate() -> Workflow:
+    wf = Workflow("sdxl_extract_and_generate")
+    wf.note("""Break-A-Scene on SDXL: extract several concepts from ONE image at 1024 px, then prompt with them.
+
+The same graph as extract_and_generate, on an SDXL checkpoint (SDXL 1.0 base, its fine-tunes, and the distilled
+SSD-1B / Segmind Vega / KOALA models ComfyUI detects as SDXL). Every handle gets its own vector in BOTH text
+encoders (CLIP-L and OpenCLIP-G); the Concept Prompt Encoder fills both and the pooled output, with SDXL's size
+conditioning at 1024 x 1024 (as CLIPTextEncodeSDXL's defaults).
+
+Training: 400 + 400 steps at 1024 px, LoRA rank 16, attention loss on the down/up cross-attention layers at 1/4
+of the latent resolution (32 x 32). The LoRA training step of full SDXL at 1024 px fits a 24 GB GPU with bf16
+and gradient checkpointing (docs/SDXL.md has the measured peak). Export Concept Pack writes a kohya SDXL LoRA
+(lora_unet_ / lora_te1_ / lora_te2_) and one embedding per concept with clip_l and clip_g vectors, for
+LoraLoader and embedding:<pack>_<concept> in stock nodes.""" + COMMON_NOTE, height=470)
+    image = wf.add("LoadImage", title="Scene image", col=0, image="creature.jpg")
+    masks = [wf.add("LoadImageMask", title=f"Mask {i}: {name}", col=1, image=f"creature_mask{i}.png",
+                    channel="red")
+             for i, name in enumerate(["figurine", "bowl", "stone"])]
+    scene = wf.add("MaskedConceptLoader", title="Masked Concept Loader", col=2, image=image[0],
+                   concept_names=NAMES, initializers=NAMES,
+                   **{f"mask_{i}": m[0] for i, m in enumerate(masks)})
+    wf.add("PreviewImage", title="Masks over the image", col=2, images=scene[1])
+    ckpt = wf.add("CheckpointLoaderSimple", title="Base model (SDXL 1.0 base)", col=2, ckpt_name=SDXL)
+    wf.vae = ckpt[2]
+    trainer = wf.add("BreakASceneTrainer", title="Break-A-Scene Trainer (SDXL, 1024 px)", col=3, model=ckpt[0],
+                     clip=ckpt[1], vae=ckpt[2], scene=scene[0], pack_name=SDXL_PACK, **SDXL_TRAINER)
+    wf.add("PreviewImage", title="Training preview (attention maps)", col=3, images=trainer[1])
+    wf.add("ConceptPackExport", title="Export SDXL LoRA + embeddings (for stock nodes)", col=3,
+           concepts=trainer[0], name="")
+    inject = wf.add("HandleInjector", col=4, model=ckpt[0], clip=ckpt[1], concepts=trainer[0],
+                    strength_model=1.0, strength_clip=1.0)
+    _generate_tail(wf, inject[0], inject[1], trainer[0],
+                   "an oil painting of <bowl> next to <figurine>, on a wooden table", col=4,
+                   prefix="break_a_scene/creature_xl", size=1024)
+    return wf
+
+
+def trainer_inputs(workflow: str) -> dict:
+    """The Trainer's widget values in an example workflow (pack name included)."""
+    if workflow == "sdxl_extract_and_generate":
+        return dict(SDXL_TRAINER, pack_name=SDXL_PACK)
+    return dict(TRAINER_DEFAULTS, pack_name=PACK)
 
 
 def reuse_saved_pack() -> Workflow:
@@ -482,7 +532,7 @@ normal CLIP Text Encode. Use the checkpoint the pack was trained on.""", height=
 
 
 WORKFLOWS = {f.__name__: f for f in (extract_and_generate, reuse_saved_pack, controlnet, local_edit,
-                                      stock_nodes_only)}
+                                      stock_nodes_only, sdxl_extract_and_generate)}
 
 
 def build_all() -> dict[str, dict]:

@@ -179,6 +179,8 @@ def write_sd_checkpoint(path: str, *, family: str = "sd1", levels: int | None = 
     For SD2 the norm1 biases of output block 11 get a spread > 0.09 so ComfyUI picks v-prediction."""
     from safetensors.torch import save_file
 
+    if family == "sdxl":
+        return write_sdxl_checkpoint(path, seed=seed, dtype=dtype)
     levels = levels or (4 if family == "sd2" else 2)
     comps = build_components(family=family, unet=sd_unet_config(family, levels), vae=sd_vae_config(),
                              text_encoder=sd_text_encoder_config(family),
@@ -195,12 +197,54 @@ def write_sd_checkpoint(path: str, *, family: str = "sd1", levels: int | None = 
     return path
 
 
+def sdxl_distilled_unet_config() -> dict:
+    """The smallest UNet ComfyUI detects as an SDXL-family model: Segmind Vega's transformer depths (input blocks
+    [0, 0, 1, 1, 2, 2], matched by comfy/supported_models.py) at 320 channels on every level (ComfyUI matches
+    model_channels, context 2048, ADM 2816, linear projections and depths, not the channel multipliers), 5 heads of
+    64 channels, SDXL's added embedding (6 time ids x 256 + 1280 pooled). About 60M parameters."""
+    return dict(sample_size=128, in_channels=4, out_channels=4, block_out_channels=(320, 320, 320), layers_per_block=2,
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                transformer_layers_per_block=(1, 1, 2), attention_head_dim=(5, 5, 5), cross_attention_dim=2048,
+                use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+                projection_class_embeddings_input_dim=2816, norm_num_groups=32)
+
+
+def sdxl_components(seed: int = 0) -> SDComponents:
+    """Random weights: the distilled SDXL-family UNet above, the SD VAE, full-size CLIP-L and OpenCLIP-G (ComfyUI
+    builds SDXL's text encoders from fixed configs), the G encoder with its 1280x1280 projection."""
+    from transformers import CLIPTextModelWithProjection
+
+    from bas_engine.ldm import _static_config
+
+    g = torch.Generator().manual_seed(seed)
+    unet = UNet2DConditionModel(**sdxl_distilled_unet_config())
+    vae = AutoencoderKL(**dict(sd_vae_config(), scaling_factor=0.13025))
+    clip_l = CLIPTextModel(CLIPTextConfig(**_static_config("sd1_text_encoder.json")))
+    clip_g = CLIPTextModelWithProjection(CLIPTextConfig(**_static_config("sdxl_text_encoder_2.json")))
+    for m in (unet, vae, clip_l, clip_g):
+        _randomize(m, g)
+        m.eval()
+    return SDComponents(unet=unet, vae=vae, text_encoder=clip_l, tokenizer=None, noise_scheduler=make_scheduler(),
+                        family="sdxl", text_encoder_2=clip_g)
+
+
+def write_sdxl_checkpoint(path: str, *, seed: int = 0, dtype: torch.dtype = torch.float16) -> str:
+    """Write the random-weight SDXL-family checkpoint (``sdxl_components``) as an original single file."""
+    from safetensors.torch import save_file
+
+    sd = components_to_ldm(sdxl_components(seed), dtype=dtype)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file(sd, path)
+    return path
+
+
 # -- the cached fixture checkpoints shared by every ComfyUI test module -----------------------------------
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.environ.get("BAS_TEST_CACHE", os.path.join(REPO, ".cache", "test_models"))
 #: name -> write_sd_checkpoint arguments (random weights, SD shapes)
 FIXTURES = {"sd15": dict(family="sd1", levels=2), "sd15l3": dict(family="sd1", levels=3),
-            "sd20v": dict(family="sd2", levels=4)}
+            "sd20v": dict(family="sd2", levels=4), "sdxl_vega": dict(family="sdxl")}
 FIXTURE_VERSION = 1
 
 

@@ -187,7 +187,7 @@ def test_example_workflow_converts_and_validates(object_info, name):
         assert sampler["inputs"]["seed"] == 42 and sampler["inputs"]["steps"] == 30
         assert sampler["inputs"]["sampler_name"] == "dpmpp_2m" and sampler["inputs"]["scheduler"] == "karras"
     for trainer in h.nodes_of(api, "BreakASceneTrainer"):
-        expected = dict(make_workflows.TRAINER_DEFAULTS, pack_name=PACK)
+        expected = make_workflows.trainer_inputs(name)
         assert {k: trainer["inputs"][k] for k in expected} == expected
     for mask in h.nodes_of(api, "LoadImageMask"):
         assert mask["inputs"]["channel"] == "red"
