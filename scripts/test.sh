@@ -1,16 +1,67 @@
 #!/usr/bin/env bash
-# The test command. Engine tests always run (in .venv). Tests against the real ComfyUI run too when
-# COMFYUI_PATH names a ComfyUI checkout with its own venv (see docs/COMFYUI_TESTS.md); without it they
-# are skipped and pytest lists the reason.
+# The test command (what .ci/run calls). Engine tests run in .venv. The tests against the real ComfyUI
+# (tests/comfy: nodes, a headless server, a real browser) run with ComfyUI's own interpreter against
+# COMFYUI_PATH, or, when it is not set, the pinned tree at ../shared/comfyui beside this clone, whose venv is
+# built outside it (it may be read-only) by ../shared/tools/comfyui-venv into $COMFYUI_VENV
+# (default .cache/comfyui-venv; built once, then reused). playwright-core for the browser tests is installed
+# into tests/browser/node_modules when npm is there. Without ComfyUI the ComfyUI tests are skipped with the
+# reason, unless BAS_REQUIRE_COMFYUI=1 (CI), where that is an error. See docs/COMFYUI_TESTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-if [ -n "${COMFYUI_PATH:-}" ] && [ -x "$COMFYUI_PATH/.venv/bin/python" ]; then
-  status=0
-  .venv/bin/python -m pytest -q tests --ignore=tests/comfy "$@" || status=$?
-  echo "== ComfyUI tests against $COMFYUI_PATH (ComfyUI's own venv)"
-  "$COMFYUI_PATH/.venv/bin/python" -m pytest -q -rs tests/comfy "$@" || status=$?
-  exit $status
+
+comfy=${COMFYUI_PATH:-}
+if [ -z "$comfy" ] && [ -f ../shared/comfyui/main.py ]; then
+  comfy=$(cd ../shared/comfyui && pwd)
 fi
-echo "== COMFYUI_PATH is not set (or has no .venv): the ComfyUI tests are skipped, reasons below"
-exec .venv/bin/python -m pytest -q -rs tests "$@"
+if [ -z "$comfy" ]; then
+  if [ "${BAS_REQUIRE_COMFYUI:-0}" != "0" ]; then
+    echo "error: no ComfyUI: COMFYUI_PATH is not set and ../shared/comfyui does not exist (BAS_REQUIRE_COMFYUI is set)" >&2
+    exit 1
+  fi
+  echo "== no ComfyUI (COMFYUI_PATH unset, no ../shared/comfyui): the ComfyUI tests are skipped, reasons below"
+  exec .venv/bin/python -m pytest -q -rs tests "$@"
+fi
+
+# ComfyUI's interpreter: COMFYUI_PYTHON, a .venv inside the checkout, or one built beside it by the shared tool.
+python=${COMFYUI_PYTHON:-}
+if [ -z "$python" ] && [ -x "$comfy/.venv/bin/python" ]; then
+  python="$comfy/.venv/bin/python"
+fi
+if [ -z "$python" ]; then
+  tool="$comfy/../tools/comfyui-venv"
+  if [ ! -f "$tool" ]; then
+    echo "error: no interpreter for ComfyUI at $comfy: set COMFYUI_PYTHON (or give it a .venv)" >&2
+    exit 1
+  fi
+  venv=${COMFYUI_VENV:-.cache/comfyui-venv}
+  echo "== ComfyUI's venv: $venv (built by $tool on first use, then reused)"
+  python3 "$tool" "$venv" >/dev/null      # its tree is the comfyui/ beside its folder: $comfy
+  python="$venv/bin/python"
+fi
+
+if [ ! -f tests/browser/node_modules/playwright-core/package.json ] && command -v npm >/dev/null; then
+  echo "== installing playwright-core into tests/browser/node_modules (browser tests)"
+  npm ci --prefix tests/browser --no-audit --no-fund --silent
+fi
+
+# pytest exits 5 when it collected nothing (e.g. a -k that selects only the other half): not a failure,
+# unless neither half ran anything.
+ran_any=0
+status=0
+run() {
+  local rc=0
+  "$@" || rc=$?
+  if [ $rc -eq 5 ]; then rc=0; else ran_any=1; fi
+  if [ $rc -ne 0 ]; then status=$rc; fi
+}
+echo "== engine tests (.venv)"
+run .venv/bin/python -m pytest -q -rs tests --ignore=tests/comfy "$@"
+echo "== ComfyUI tests against $comfy ($python)"
+export COMFYUI_PATH="$comfy"
+run "$python" -m pytest -q -rs tests/comfy "$@"
+if [ $ran_any -eq 0 ]; then
+  echo "error: no test was collected" >&2
+  exit 5
+fi
+exit $status
