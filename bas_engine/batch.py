@@ -679,16 +679,17 @@ class _Driver:
                     slot = self.slots.pop(ref)
                     try:
                         value = ray.get(ref)
-                    except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
-                            ray.exceptions.ObjectLostError) as exc:
-                        self._on_lost(slot, exc)
-                        continue
                     except ray.exceptions.RayTaskError as exc:     # not expected: train() returns its errors
                         if slot.job is not None:
                             index, slot.job = slot.job, None
                             self._record(index, "failed", error=_ray_error(exc), worker=slot.info.get("worker"))
                         self._retire(slot)
                         self._spawn()
+                        continue
+                    except ray.exceptions.RayError as exc:
+                        # the worker is gone: killed, out of memory (Ray's memory monitor kills the newest
+                        # worker when the node runs out), its node lost, its result lost
+                        self._on_lost(slot, exc)
                         continue
                     if not slot.ready:
                         self._on_ready(slot, value)
@@ -703,6 +704,9 @@ class _Driver:
             result = self._result()
             if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, BatchInterrupted):
                 raise BatchInterrupted(result) from None
+            if isinstance(exc, ray.exceptions.RayError):
+                raise BASError(f"the Ray cluster failed ({_ray_error(exc)}); finished packs are in "
+                               f"{self.out_dir}, rerun to resume") from exc
             raise
         self._stop(cancelled=False)
         return self._result()

@@ -125,17 +125,19 @@ def test_packs_equal_bas_extract(first_run, scenes, tmp_path):
             assert torch.equal(tensor, batch_tensors[key]), f"{name}: {key} differs"
 
 
-def test_second_run_skips_every_finished_scene(first_run, scenes, tmp_path):
+def test_second_run_skips_every_finished_scene(first_run, scenes, tmp_path, capsys):
     _, first_out = first_run
     out = str(tmp_path / "rerun")
     shutil.copytree(first_out, out)
     stamps = {n: os.stat(os.path.join(out, f"{n}.safetensors")).st_mtime_ns for n in TOY_SCENES}
-    result = run_batch(scenes, MODEL, out, TrainConfig(**SETTINGS), workers=1, progress=False)
+    # the command line this time (it uses the Ray this process already runs); exit 1: a scene failed
+    assert cli.main(["batch", scenes, "--model", MODEL, "--out", out, "--workers", "1", *EXTRACT_ARGS]) == 1
+    printed = capsys.readouterr()
+    assert "1 failed, 4 skipped" in printed.out and "failed: broken" in printed.err
     records = _records(out)
     assert [records[n]["status"] for n in TOY_SCENES] == ["skipped"] * 4
     assert records["toy1"]["losses"] == read_pack_meta(os.path.join(out, "toy1.safetensors"))["losses"]
     assert records["broken"]["status"] == "failed"
-    assert result.count("skipped") == 4 and "4 skipped" in result.summary()
     assert stamps == {n: os.stat(os.path.join(out, f"{n}.safetensors")).st_mtime_ns for n in TOY_SCENES}
 
     # another setting for one scene: only that one trains again, and the record says why
@@ -238,3 +240,19 @@ def test_scene_listing_errors_name_the_input(tmp_path, scenes):
     with pytest.raises(InputError, match="is one scene folder"):
         discover_scenes(os.path.join(scenes, "toy0"))
     assert isinstance(jobs[0], SceneJob)
+
+
+def test_progress_lines_are_rate_limited_off_a_terminal():
+    """In a log file (no terminal) a 10,000-scene batch writes a few lines, not one per scene."""
+    import io
+
+    from bas_engine.batch import _Progress
+
+    stream = io.StringIO()
+    progress = _Progress(1000, enabled=True, stream=stream)
+    for i in range(1000):
+        progress.update("done" if i % 10 else "skipped", trained=bool(i % 10))
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2        # the first update, and the end
+    assert lines[-1].startswith("bas batch: 1000/1000 scenes (done 900, failed 0, skipped 100,")
