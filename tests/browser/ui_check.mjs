@@ -25,7 +25,7 @@ const CHROMIUM = process.env.BAS_CHROMIUM ?? "/usr/bin/chromium";
 const TRAIN = { phase1_steps: Number(args.phase1 ?? 4), phase2_steps: Number(args.phase2 ?? 2) };
 fs.mkdirSync(OUT, { recursive: true });
 
-const report = { console: [], pageErrors: [], steps: [], screenshots: [], failed: null };
+const report = { console: [], pageErrors: [], steps: [], screenshots: [], thumbnailResponses: [], failed: null };
 const log = (step, data = {}) => {
   report.steps.push({ step, t: Date.now(), ...data });
   console.log(`[ui_check] ${step} ${JSON.stringify(data).slice(0, 300)}`);
@@ -84,12 +84,14 @@ async function loadTemplate(page, name) {
   await card.scrollIntoViewIfNeeded();
   await page.waitForTimeout(1500);                   // the cards load their images when they are in view
   await shot(page, "02-template-card");
+  // the frontend fetches the thumbnail and shows it from memory: check the response and the card's picture
   const thumbnail = await page.evaluate((name) => {
-    const images = [...document.querySelectorAll("img")].map((i) => ({
-      src: i.currentSrc || i.src, complete: i.complete, width: i.naturalWidth }));
-    return { ...(images.find((i) => i.src.includes(`/${name}.jpg`)) ?? {}),
-      all: images.filter((i) => i.src.includes("workflow_templates")).map((i) => i.src) };
+    let card = [...document.querySelectorAll("*")].find((e) => e.childElementCount === 0 && e.textContent.trim() === name);
+    while (card && !card.querySelector("img")) card = card.parentElement;
+    const img = card?.querySelector("img");
+    return img ? { complete: img.complete, width: img.naturalWidth, height: img.naturalHeight } : {};
   }, name);
+  thumbnail.responses = report.thumbnailResponses.filter((r) => r.url.endsWith(`/${name}.jpg`));
   log("template card", { thumbnail });
   report.thumbnail = thumbnail;
   await card.click();
@@ -192,10 +194,12 @@ async function runTest(page) {
   report.done = await liveState(page);
   await shot(page, "06-trained");
   // the rest of the workflow (export, sampling) finishes
-  await waitFor(page, async () => {
-    const queue = await (await fetch("/api/queue")).json();
-    return !queue.queue_running.length && !queue.queue_pending.length;
-  }, null, 600000, "the prompt to finish");
+  for (let waited = 0; ; waited += 1000) {
+    const queue = await page.evaluate(async () => (await fetch("/api/queue")).json());
+    if (!queue.queue_running.length && !queue.queue_pending.length) break;
+    if (waited > 1200000) throw new Error("timed out waiting for the prompt to finish");
+    await page.waitForTimeout(1000);
+  }
   report.history = await page.evaluate(async () => {
     const history = await (await fetch("/api/history?max_items=5")).json();
     return Object.values(history).map((entry) => entry.status?.status_str);
@@ -306,6 +310,12 @@ try {
     }
   });
   page.on("pageerror", (error) => report.pageErrors.push({ text: String(error), stack: error.stack ?? "" }));
+  page.on("response", (response) => {
+    if (response.url().includes("/workflow_templates/") && response.url().endsWith(".jpg")) {
+      report.thumbnailResponses.push({ url: response.url(), status: response.status(),
+        type: response.headers()["content-type"] ?? "" });
+    }
+  });
   if (MODE === "thumbnails") await runThumbnails(page);
   else await runTest(page);
   await shot(page, "99-end").catch(() => {});

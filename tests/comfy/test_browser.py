@@ -83,8 +83,12 @@ def test_no_console_errors_from_the_pack(report):
 
 def test_template_browser_shows_the_thumbnail(report):
     thumbnail = report["thumbnail"]
-    assert thumbnail.get("complete") and thumbnail.get("width", 0) > 0, thumbnail
-    assert thumbnail["src"].endswith("/api/workflow_templates/ComfyUI-Break-A-Scene/extract_and_generate.jpg")
+    assert thumbnail.get("complete") and thumbnail.get("width", 0) > 0, thumbnail      # the card shows a picture
+    served = [r for r in thumbnail["responses"]
+              if r["url"].endswith("/api/workflow_templates/ComfyUI-Break-A-Scene/extract_and_generate.jpg")]
+    assert served and served[-1]["status"] == 200 and served[-1]["type"] == "image/jpeg", thumbnail
+    missing = [r["url"] for r in report["thumbnailResponses"] if r["status"] != 200]
+    assert not missing, f"example workflows without a thumbnail (scripts/make_thumbnails.py): {missing}"
 
 
 def test_live_view_chart_grows_and_maps_render_with_labels(report):
