@@ -86,15 +86,22 @@ def _browser_reason() -> str | None:
     return None
 
 
-#: what each module needs beyond ComfyUI itself
-EXTRA_NEEDS = {"test_server.py": (_scenes_reason,), "test_browser.py": (_scenes_reason, _browser_reason)}
+def extra_needs(module_name: str) -> tuple:
+    """What a module needs beyond ComfyUI itself: the server and browser tests feed the shared scenes to a
+    server (test_server.py, test_sdxl_server.py, ...); the browser tests need Chromium and playwright-core."""
+    needs = ()
+    if "server" in module_name or "browser" in module_name:
+        needs += (_scenes_reason,)
+    if "browser" in module_name:
+        needs += (_browser_reason,)
+    return needs
 
 
 def unavailable_reason(module_name: str) -> str | None:
     """Why the ComfyUI test module `module_name` cannot run here (None: it can)."""
     if SKIP_REASON is not None:
         return SKIP_REASON
-    for check in EXTRA_NEEDS.get(module_name, ()):
+    for check in extra_needs(module_name):
         reason = check()
         if reason:
             return reason
