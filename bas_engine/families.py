@@ -64,8 +64,8 @@ class Family:
     #: the encoder whose projected end-of-text state is the UNet's pooled text input (SDXL's "text_time"
     #: extra conditioning, with the size/crop time ids); None: the UNet takes only the token states
     pooled_encoder: str | None = None
-    #: train with gradient checkpointing whatever the settings say: the family's default training step does not
-    #: fit a 24 GB GPU without it (SDXL at 1024 px; see docs/SDXL.md for the measured peak)
+    #: train with gradient checkpointing whatever the settings say: the family's default training step is meant to
+    #: fit a 24 GB GPU (SDXL at 1024 px; scripts/sdxl_memory.py prints the peak, docs/SDXL.md)
     gradient_checkpointing: bool = False
     #: the VAE's latent scaling factor (single-file checkpoints do not store it)
     vae_scaling_factor: float = 0.18215

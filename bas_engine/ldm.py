@@ -219,7 +219,8 @@ def diffusers_unet_config(ldm_unet_config: Mapping[str, Any], *, family: str | N
         # be held by one diffusers config here)
         per_block = len(cfg["transformer_depth_output"]) // len(depth)
         mirrored = [d for d in reversed(depth) for _ in range(per_block)]
-        if list(cfg["transformer_depth_output"]) != mirrored:
+        # output-block order (as read from weights) or ComfyUI's, level 0 first (its UNet pops from the end)
+        if list(cfg["transformer_depth_output"]) not in (mirrored, mirrored[::-1]):
             raise ModelError(f"UNet output transformer depths {list(cfg['transformer_depth_output'])} do not mirror "
                              f"the input depths {depth}; this layout is not supported")
     return dict(**extra,

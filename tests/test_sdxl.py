@@ -316,6 +316,10 @@ def test_sdxl_unet_configs_the_distilled_variants_and_refusals():
     with pytest.raises(ModelError, match="do not mirror"):
         diffusers_unet_config(dict(base, channel_mult=[1, 2, 4], transformer_depth=[0, 0, 2, 2, 4, 4],
                                    transformer_depth_output=[0, 0, 0, 1, 1, 1, 4, 4, 4]), family="sdxl")
+    # ComfyUI's order (level 0 first) and the output-block order both pass for a mirrored decoder
+    for order in ([0, 0, 0, 2, 2, 2, 10, 10, 10], [10, 10, 10, 2, 2, 2, 0, 0, 0]):
+        diffusers_unet_config(dict(base, channel_mult=[1, 2, 4], transformer_depth=[0, 0, 2, 2, 10, 10],
+                                   transformer_depth_middle=10, transformer_depth_output=order), family="sdxl")
 
 
 @needs_shared_scenes
