@@ -8,7 +8,9 @@
 * ``extraction`` Break-A-Scene (the engine) on toy scenes: train, generate, score
 * ``demo``      ``bas demo``: one scene end to end, HTML report and contact sheet
 * ``fidelity``  ``bas fidelity``: the method and its ablations over held-out scenes, mean ± 95 % CI
-* ``weights/toy_sd`` the committed pretrained model (see ``weights/toy_sd/pretrain.json``)
+* ``toy_eval``  ``bas toy-eval``: the base model's shape/colour/texture/background accuracy on held-out captions
+* ``weights/toy_sd`` the committed pretrained model (see ``weights/toy_sd/pretrain.json``); the v2 model's
+  pretraining run: ``weights/PRETRAIN_V2.md``
 
 ``world`` and ``judge`` need only numpy; the others import torch/diffusers (and the engine).
 """

@@ -102,7 +102,8 @@ def toy_eval(pipe, n: int = 200, seed: int = 0, steps: int = 30, guidance: float
     what `bas toy-eval` prints as its JSON line."""
     cases = heldout_cases(n, seed)
     images = generate(pipe, [c.caption for c in cases], seed, steps, guidance)
-    model_rows = [verdicts(detect(im), c.spec) for im, c in zip(images, cases)]
+    model_dets = [detect(im) for im in images]
+    model_rows = [verdicts(d, c.spec) for d, c in zip(model_dets, cases)]
     truth = [render_scene(c.spec)[0] for c in cases]
     truth_rows = [verdicts(detect(im), c.spec) for im, c in zip(truth, cases)]
     vae_rows = [verdicts(detect(im), c.spec) for im, c in zip(reconstruct(pipe.vae, truth), cases)]
@@ -119,6 +120,9 @@ def toy_eval(pipe, n: int = 200, seed: int = 0, steps: int = 30, guidance: float
     return {"model": accuracy(model_rows), "truth": accuracy(truth_rows), "vae": accuracy(vae_rows),
             "model_all_right": exact(model_rows), "truth_all_right": exact(truth_rows),
             "model_novel": accuracy(novel_rows), "novel_captions": len(novel_rows),
+            # objects the judge finds in the model's images (1 asked): 0 = only shapeless blobs or nothing
+            "model_objects_mean": float(np.mean([len(d.objects) for d in model_dets])) if model_dets else 0.0,
+            "model_no_object": float(np.mean([not d.objects for d in model_dets])) if model_dets else 0.0,
             "captions": n, "seed": seed, "steps": steps, "guidance": guidance, "targets": TARGETS}
 
 
@@ -129,6 +133,8 @@ def format_table(result: dict) -> str:
         lines.append(f"{a:<11} {result['model'][a]:>6.3f} {result['model_novel'][a]:>6.3f} "
                      f"{result['truth'][a]:>6.3f} {result['vae'][a]:>6.3f} {TARGETS[a]:>7.2f}")
     lines.append(f"{'all four':<11} {result['model_all_right']:>6.3f} {'':>6} {result['truth_all_right']:>6.3f}")
+    lines.append(f"objects found per model image: {result['model_objects_mean']:.2f} (1 asked); none found in "
+                 f"{result['model_no_object']:.1%} (blobs that fit no shape are not objects to the judge)")
     lines.append(f"({result['captions']} held-out one-object captions, seed {result['seed']}, "
                  f"{result['novel_captions']} of them novel concepts; DDIM {result['steps']} steps, "
                  f"guidance {result['guidance']})")

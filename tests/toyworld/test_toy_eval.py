@@ -55,6 +55,7 @@ def test_cli_toy_eval_json_line(random_model, tmp_path, capsys):
         assert set(result[side]) == set(ATTRIBUTES)
         assert all(0.0 <= v <= 1.0 for v in result[side].values())
     assert result["captions"] == 8 and result["seed"] == 1 and result["novel_captions"] == 2
+    assert 0.0 <= result["model_no_object"] <= 1.0 and result["model_objects_mean"] >= 0.0
     # The judge reads the world's own renders right; a model that ignores the caption does far worse.
     assert min(result["truth"].values()) >= 0.875 and result["truth_all_right"] >= 0.875
     mean = lambda side: sum(result[side].values()) / len(ATTRIBUTES)  # noqa: E731
