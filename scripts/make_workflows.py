@@ -23,6 +23,8 @@ import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT_DIR = os.path.join(ROOT, "example_workflows")
+sys.path.insert(0, ROOT)
+from bas_engine.config import TrainConfig  # noqa: E402  (plain data: no torch)
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_NAMES = {"seed", "noise_seed"}          # INT widgets the frontend gives a "control after generate" widget
@@ -305,10 +307,12 @@ NAMES = "figurine, bowl, stone"
 PACK = "creature"
 SAMPLER = dict(steps=30, cfg=7.5, sampler_name="dpmpp_2m", scheduler="karras")
 
-#: the paper's settings at 512 px (Avrahami et al. 2023, section 4 / official code)
-TRAINER_DEFAULTS = dict(phase1_steps=400, phase2_steps=400, phase1_lr=5e-4, phase2_lr=0.0, mode="lora",
-                        lora_rank=16, train_text_encoder=False, attention_loss_weight=0.01, masked_loss=True,
-                        union_sampling=True, resolution=512, seed=0, retrain=False)
+#: the trainer's settings: TrainConfig's defaults, the paper's at 512 px (an optional float, None = auto, is the
+#: node's 0); read from the engine, never copied
+TRAINER_DEFAULTS = {**{name: 0.0 if getattr(TrainConfig(), name) is None else getattr(TrainConfig(), name)
+                       for name, _, _ in NODE_SPECS["BreakASceneTrainer"][0]
+                       if name in TrainConfig.__dataclass_fields__},
+                    "retrain": False}
 
 COMMON_NOTE = """
 Handles: every concept gets a token, <asset0>, <asset1>, ... in mask order; in the Concept Prompt Encoder you can
@@ -329,6 +333,30 @@ def _generate_tail(wf: Workflow, model: Ref, clip: Ref, concepts: Ref, text: str
     wf.add("SaveImage", col=col + 2, images=image[0], filename_prefix=prefix, node_width=420)
 
 
+def _extract_graph(wf: Workflow, ckpt_title: str, ckpt_name: str, trainer_title: str, pack: str, settings: dict,
+                   export_title: str) -> tuple[Ref, Ref]:
+    """The extraction half of the extract-and-generate workflows: the creature scene and its three masks ->
+    Masked Concept Loader -> checkpoint -> Trainer (with previews and the export) -> Handle Injector.
+    Returns (trainer, injector); sets wf.vae."""
+    image = wf.add("LoadImage", title="Scene image", col=0, image="creature.jpg")
+    masks = [wf.add("LoadImageMask", title=f"Mask {i}: {name}", col=1, image=f"creature_mask{i}.png",
+                    channel="red")
+             for i, name in enumerate(["figurine", "bowl", "stone"])]
+    scene = wf.add("MaskedConceptLoader", title="Masked Concept Loader", col=2, image=image[0],
+                   concept_names=NAMES, initializers=NAMES,
+                   **{f"mask_{i}": m[0] for i, m in enumerate(masks)})
+    wf.add("PreviewImage", title="Masks over the image", col=2, images=scene[1])
+    ckpt = wf.add("CheckpointLoaderSimple", title=ckpt_title, col=2, ckpt_name=ckpt_name)
+    wf.vae = ckpt[2]
+    trainer = wf.add("BreakASceneTrainer", title=trainer_title, col=3, model=ckpt[0], clip=ckpt[1], vae=ckpt[2],
+                     scene=scene[0], pack_name=pack, **settings)
+    wf.add("PreviewImage", title="Training preview (attention maps)", col=3, images=trainer[1])
+    wf.add("ConceptPackExport", title=export_title, col=3, concepts=trainer[0], name="")
+    inject = wf.add("HandleInjector", col=4, model=ckpt[0], clip=ckpt[1], concepts=trainer[0],
+                    strength_model=1.0, strength_clip=1.0)
+    return trainer, inject
+
+
 def extract_and_generate() -> Workflow:
     wf = Workflow("extract_and_generate")
     wf.note("""Break-A-Scene: extract several concepts from ONE image, then prompt with them.
@@ -345,24 +373,9 @@ def extract_and_generate() -> Workflow:
 
 Model: the paper used Stable Diffusion 2.1-base (v2-1_512-ema-pruned.safetensors); any SD1.x / SD2.x checkpoint
 works. Train on a GPU: on a CPU the 800 steps at 512 px take hours.""" + COMMON_NOTE, height=520)
-    image = wf.add("LoadImage", title="Scene image", col=0, image="creature.jpg")
-    masks = [wf.add("LoadImageMask", title=f"Mask {i}: {name}", col=1, image=f"creature_mask{i}.png",
-                    channel="red")
-             for i, name in enumerate(["figurine", "bowl", "stone"])]
-    scene = wf.add("MaskedConceptLoader", title="Masked Concept Loader", col=2, image=image[0],
-                   concept_names=NAMES, initializers=NAMES,
-                   **{f"mask_{i}": m[0] for i, m in enumerate(masks)})
-    wf.add("PreviewImage", title="Masks over the image", col=2, images=scene[1])
-    ckpt = wf.add("CheckpointLoaderSimple", title="Base model (SD 2.1-base, as in the paper)", col=2,
-                  ckpt_name=SD21)
-    wf.vae = ckpt[2]
-    trainer = wf.add("BreakASceneTrainer", title="Break-A-Scene Trainer (paper settings)", col=3, model=ckpt[0],
-                     clip=ckpt[1], vae=ckpt[2], scene=scene[0], pack_name=PACK, **TRAINER_DEFAULTS)
-    wf.add("PreviewImage", title="Training preview (attention maps)", col=3, images=trainer[1])
-    wf.add("ConceptPackExport", title="Export LoRA + embeddings (for stock nodes)", col=3,
-           concepts=trainer[0], name="")
-    inject = wf.add("HandleInjector", col=4, model=ckpt[0], clip=ckpt[1], concepts=trainer[0],
-                    strength_model=1.0, strength_clip=1.0)
+    trainer, inject = _extract_graph(wf, "Base model (SD 2.1-base, as in the paper)", SD21,
+                                     "Break-A-Scene Trainer (paper settings)", PACK, TRAINER_DEFAULTS,
+                                     "Export LoRA + embeddings (for stock nodes)")
     _generate_tail(wf, inject[0], inject[1], trainer[0],
                    "an oil painting of <bowl> next to <figurine>, on a wooden table", col=4,
                    prefix="break_a_scene/creature")
@@ -389,23 +402,8 @@ of the latent resolution (32 x 32). The LoRA training step of full SDXL at 1024 
 and gradient checkpointing (docs/SDXL.md has the measured peak). Export Concept Pack writes a kohya SDXL LoRA
 (lora_unet_ / lora_te1_ / lora_te2_) and one embedding per concept with clip_l and clip_g vectors, for
 LoraLoader and embedding:<pack>_<concept> in stock nodes.""" + COMMON_NOTE, height=470)
-    image = wf.add("LoadImage", title="Scene image", col=0, image="creature.jpg")
-    masks = [wf.add("LoadImageMask", title=f"Mask {i}: {name}", col=1, image=f"creature_mask{i}.png",
-                    channel="red")
-             for i, name in enumerate(["figurine", "bowl", "stone"])]
-    scene = wf.add("MaskedConceptLoader", title="Masked Concept Loader", col=2, image=image[0],
-                   concept_names=NAMES, initializers=NAMES,
-                   **{f"mask_{i}": m[0] for i, m in enumerate(masks)})
-    wf.add("PreviewImage", title="Masks over the image", col=2, images=scene[1])
-    ckpt = wf.add("CheckpointLoaderSimple", title="Base model (SDXL 1.0 base)", col=2, ckpt_name=SDXL)
-    wf.vae = ckpt[2]
-    trainer = wf.add("BreakASceneTrainer", title="Break-A-Scene Trainer (SDXL, 1024 px)", col=3, model=ckpt[0],
-                     clip=ckpt[1], vae=ckpt[2], scene=scene[0], pack_name=SDXL_PACK, **SDXL_TRAINER)
-    wf.add("PreviewImage", title="Training preview (attention maps)", col=3, images=trainer[1])
-    wf.add("ConceptPackExport", title="Export SDXL LoRA + embeddings (for stock nodes)", col=3,
-           concepts=trainer[0], name="")
-    inject = wf.add("HandleInjector", col=4, model=ckpt[0], clip=ckpt[1], concepts=trainer[0],
-                    strength_model=1.0, strength_clip=1.0)
+    trainer, inject = _extract_graph(wf, "Base model (SDXL 1.0 base)", SDXL, "Break-A-Scene Trainer (SDXL, 1024 px)",
+                                     SDXL_PACK, SDXL_TRAINER, "Export SDXL LoRA + embeddings (for stock nodes)")
     _generate_tail(wf, inject[0], inject[1], trainer[0],
                    "an oil painting of <bowl> next to <figurine>, on a wooden table", col=4,
                    prefix="break_a_scene/creature_xl", size=1024)
