@@ -6,8 +6,9 @@
 Phase 1 trains the VAE for reconstruction (~20% of the time), phase 2 the UNet and the text
 encoder together on captioned scenes (epsilon loss with min-SNR-5 weighting times a capped
 (1 + 1/snr) boost of noisy steps, 10% empty captions for classifier-free guidance; EMA weights are
-what gets saved). train_log.json records a text-conditioning gap on fixed validation scenes. The result is a diffusers
-StableDiffusionPipeline folder in fp16 (~22 MB) plus train_log.json and preview.png in --out.
+what gets saved). train_log.json records a text-conditioning gap on fixed validation scenes and a shape gap on
+fixed one-object scenes (does naming another shape change the denoising loss?). The result is a diffusers
+StableDiffusionPipeline folder in fp16 (v1 ~23.5 MB, v2 ~36.6 MB) plus train_log.json and preview.png in --out.
 
 Step counts come from --minutes through fixed nominal step times (measured on this 2-core CPU),
 so a given seed and --minutes always plan the same run; the wall-clock deadline only cuts a run
