@@ -96,7 +96,8 @@ def model_family(model, what: str = "model") -> str:
     name = type(config).__name__ if config is not None else type(base).__name__
     family = family_for_comfy_config(name)
     if family is None:
-        supported = " and ".join(f"{f.label} ({'/'.join(f.comfy_model_configs)})" for f in FAMILIES.values())
+        names = [f"{f.label} ({'/'.join(f.comfy_model_configs)})" for f in FAMILIES.values()]
+        supported = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
         raise UserError(f"{what}: this is a {name} model; Break-A-Scene supports {supported} checkpoints only")
     prediction_type(model, what)
     return family.key
