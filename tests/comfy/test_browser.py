@@ -108,7 +108,11 @@ def test_live_view_chart_grows_and_maps_render_with_labels(report):
 def test_live_view_comes_back_after_a_reload(report):
     reload = report["reload"]
     assert reload["before"]["phase"] == "training"
-    assert reload["restored"]["phase"] == "idle", "a fresh page starts empty"
+    restored = reload["restored"]
+    # A fresh page starts empty and picks up from the next event; on a fast machine that event may already have
+    # arrived when the page is first looked at: then it shows the same run, not an older state.
+    assert restored["phase"] == "idle" or (restored["run"] == reload["before"]["run"]
+                                           and restored["points"] >= reload["before"]["points"]), restored
     after = reload["after"]
     assert after["run"] == reload["before"]["run"] and after["points"] > 0
     done = report["done"]
