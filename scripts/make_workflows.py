@@ -23,7 +23,8 @@ import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT_DIR = os.path.join(ROOT, "example_workflows")
-sys.path.insert(0, ROOT)
+if ROOT not in sys.path:      # appended: in ComfyUI's tests `nodes` must stay ComfyUI's nodes.py, not ours
+    sys.path.append(ROOT)
 from bas_engine.config import TrainConfig  # noqa: E402  (plain data: no torch)
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
