@@ -1,4 +1,3 @@
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +11,6 @@ from bas_toyworld.model import (
 from bas_toyworld.tokenizer import build_tokenizer, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("pretrain_toy", ROOT / "scripts" / "pretrain_toy.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_config_geometry():
@@ -83,8 +75,8 @@ def test_pipeline_generates(saved):
     assert 0.0 <= s[0]["identity"] <= 1.0 and 0.0 <= s[0]["fidelity"] <= 1.0
 
 
-def test_pretrain_script_end_to_end_and_deterministic(tmp_path):
-    mod = _script()
+def test_pretrain_script_end_to_end_and_deterministic(tmp_path, pretrain_script):
+    mod = pretrain_script
     args = ["--minutes", "5", "--threads", "1", "--vae-steps", "2", "--unet-steps", "2", "--batch", "2",
             "--vae-batch", "2", "--preview-seeds", "0", "--seed", "3"]
     log = mod.main(["--out", str(tmp_path / "a")] + args)
