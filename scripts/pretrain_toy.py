@@ -330,6 +330,26 @@ def plan(minutes: float) -> tuple[int, int]:
     return vae_steps, unet_steps
 
 
+def init_from(model_dir: str, vae, text_encoder) -> dict:
+    """Load the VAE and the text encoder of a saved model folder of the same world into ``vae`` and
+    ``text_encoder`` (same architectures: strict loading names any mismatch). The world is unchanged
+    between designs, so a VAE that already reconstructs it needs no second training; the text encoder
+    starts from what it learned of the captions. Returns what the log records (and the recipe repeats)."""
+    import hashlib
+
+    from bas_toyworld.model import load_pipeline
+
+    pipe = load_pipeline(model_dir)
+    vae.load_state_dict(pipe.vae.state_dict())
+    text_encoder.load_state_dict(pipe.text_encoder.state_dict())
+    vae.eval()
+    vae.register_to_config(scaling_factor=pipe.vae.config.scaling_factor)
+    digests = {sub: hashlib.sha256(next((Path(model_dir) / sub).glob("*.safetensors")).read_bytes()).hexdigest()
+               for sub in ("vae", "text_encoder")}
+    return {"vae_steps": 0, "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
+            "init_from": {"model": str(model_dir), "weights_sha256": digests}}
+
+
 def write_recipe(model_dir: Path, log: dict, argv: list[str]) -> None:
     """pretrain.json beside the weights: the command and seed that made them, what came out, and the
     weights' sha256, so a committed model says how to reproduce it."""
@@ -354,7 +374,7 @@ def write_recipe(model_dir: Path, log: dict, argv: list[str]) -> None:
         "seed": log["args"]["seed"], "args": log["args"], "machine": f"{platform.machine()}, {log['args']['threads']} threads",
         "vae_steps": log.get("vae_steps"), "unet_steps": log.get("unet_steps"), "planned": log["planned"],
         "truncated": {k: log[k] for k in ("vae_truncated_at", "unet_truncated_at") if k in log},
-        "vae_psnr_db": log.get("vae_psnr_db"), "conditioning_gap": log.get("val", [])[-1:],
+        "vae_psnr_db": log.get("vae_psnr_db"), "init_from": log.get("init_from"), "conditioning_gap": log.get("val", [])[-1:],
         "train_minutes": round(log["train_minutes"], 1), "weights_mb": round(log["weights_mb"], 2),
         "weights_sha256": digests, "preview": log.get("preview"),
         "note": "Saved weights are the EMA of the UNet and text encoder; fp16. Runs are deterministic for a "
@@ -406,6 +426,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--val-every", type=int, default=200,
                     help="UNet steps between validation measurements (conditioning and shape gaps)")
     ap.add_argument("--preview-seeds", type=int, default=4, help="0 disables the preview grid")
+    ap.add_argument("--init-from", default=None, metavar="MODEL_DIR",
+                    help="a model folder of the same world (e.g. bas_toyworld/weights/toy_sd): its VAE is used as "
+                         "it is (no VAE phase) and its text encoder is the starting point of the text encoder")
     a = ap.parse_args(argv)
     if a.val_every < 1:
         ap.error(f"--val-every must be at least 1, got {a.val_every}")
@@ -417,7 +440,7 @@ def main(argv: list[str] | None = None) -> dict:
             ap.error(f"--count-weights: expected numbers like 0.5,0.25,0.15,0.1, got {a.count_weights!r}")
         if any(w < 0 for w in count_weights) or sum(count_weights) <= 0:
             ap.error(f"--count-weights: weights must be >= 0 with a positive sum, got {a.count_weights!r}")
-    if a.no_deadline and (a.vae_steps is None or a.unet_steps is None):
+    if a.no_deadline and ((a.vae_steps is None and not a.init_from) or a.unet_steps is None):
         ap.error("--no-deadline needs --vae-steps and --unet-steps (the plan from --minutes assumes a deadline)")
 
     start = time.time()
@@ -436,7 +459,7 @@ def main(argv: list[str] | None = None) -> dict:
             ap.error("--resume: options differ from the run that wrote the state: " + ", ".join(
                 f"--{k.replace('_', '-')} {before.get(k)!r} there, {getattr(a, k)!r} here" for k in differ))
     vae_steps, unet_steps = plan(a.minutes)
-    vae_steps = a.vae_steps or vae_steps
+    vae_steps = 0 if a.init_from else (a.vae_steps or vae_steps)
     unet_steps = a.unet_steps or unet_steps
     end = None if a.no_deadline else start + a.minutes * 60 - RESERVE_S
     cfg = TOY_CONFIGS[a.config]
@@ -452,6 +475,11 @@ def main(argv: list[str] | None = None) -> dict:
     log["params"] = {"vae": param_count(vae), "unet": param_count(unet), "text_encoder": param_count(text_encoder)}
     stream = SceneStream(a.seed, count_weights)
     phase, seconds_before = "vae", 0.0
+    if a.init_from and state is None:
+        phase = "unet"
+        log.update(init_from(a.init_from, vae, text_encoder))
+        print(f"init from {a.init_from}: VAE (scaling_factor {log['vae_scaling_factor']:.4f}) and text encoder",
+              flush=True)
     if state is not None:
         for name, module in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder)):
             module.load_state_dict(state[name])
