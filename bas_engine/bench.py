@@ -147,6 +147,33 @@ def time_interleaved(preset: str, resolution: int, steps: int, device: torch.dev
     return timings
 
 
+def count_flops(preset: str, resolution: int, device: torch.device, names: list[str] | None = None
+                ) -> dict[str, dict]:
+    """Floating-point operations of one training step per phase and configuration (forward and backward of
+    every matmul, convolution and attention, as torch's FlopCounterMode counts them; elementwise work is not
+    counted). The same count on any device: it turns a GPU's throughput into an s/step estimate where no GPU
+    was at hand to time one (scripts/batch_throughput.py)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .testing import synthetic_scene
+
+    scene = synthetic_scene(size=max(resolution, 64))
+    flops: dict[str, dict] = {}
+    for name, (cls, overrides) in configurations(device, names, preset).items():
+        config = TrainConfig(phase1_steps=2, phase2_steps=2, resolution=resolution, seed=0, **overrides)
+        flops[name] = {}
+        with cls(_components(preset, name), scene, config, device) as run:
+            for phase in (1, 2):
+                optimizer = run.start_phase(phase)
+                run.optimize(optimizer, run.sampler.draw_batch(1))  # first step: set-up, like the timing's warm-up
+                counter = FlopCounterMode(display=False)
+                with counter:
+                    run.optimize(optimizer, run.sampler.draw_batch(1))
+                flops[name][f"phase{phase}_flops_per_step"] = counter.get_total_flops()
+                del optimizer
+    return flops
+
+
 def peak_memory_worker(preset: str, resolution: int, name: str, device_name: str) -> int:
     """Run two steps of each phase of one configuration; return its peak memory in bytes."""
     from .testing import synthetic_scene
@@ -213,7 +240,7 @@ def peak_memory(preset: str, resolution: int, device: torch.device, names: list[
 
 
 def run_benchmark(preset: str, resolution: int | None, steps: int, device: str,
-                  names: list[str] | None = None, timing: bool = True) -> dict:
+                  names: list[str] | None = None, timing: bool = True, flops: bool = False) -> dict:
     """Print a table and one JSON line; return the figures."""
     device = torch.device(device)
     resolution = resolution or PRESET_RESOLUTION[preset]
@@ -221,15 +248,18 @@ def run_benchmark(preset: str, resolution: int | None, steps: int, device: str,
     timings = (time_interleaved(preset, resolution, steps, device, names) if timing
                else {name: {"phase1_s_per_step": None, "phase2_s_per_step": None} for name in names})
     peaks = peak_memory(preset, resolution, device, names)
+    counted = count_flops(preset, resolution, device, names) if flops else {}
     memory_kind = ("cuda max_memory_allocated" if device.type == "cuda"
                    else "peak RSS above the loaded model, sampled every 5 ms (separate process per configuration)")
     print(f"preset={preset} resolution={resolution} device={device} timed steps/phase={steps} "
           f"(median; interleaved) memory={memory_kind}")
-    print(f"{'configuration':<22}{'phase1 s/step':>15}{'phase2 s/step':>15}{'peak MiB':>12}")
+    flop_header = f"{'phase1 TFLOP':>14}{'phase2 TFLOP':>14}" if counted else ""
+    print(f"{'configuration':<22}{'phase1 s/step':>15}{'phase2 s/step':>15}{'peak MiB':>12}{flop_header}")
     for name, t in timings.items():
         cells = [f"{t[k]:.4f}" if t[k] is not None else "-" for k in ("phase1_s_per_step", "phase2_s_per_step")]
         peak = f"{peaks[name] / 2**20:.0f}" if peaks[name] is not None else "no fit"
-        print(f"{name:<22}{cells[0]:>15}{cells[1]:>15}{peak:>12}")
+        tflop = "".join(f"{counted[name][f'phase{p}_flops_per_step'] / 1e12:>14.3f}" for p in (1, 2)) if counted else ""
+        print(f"{name:<22}{cells[0]:>15}{cells[1]:>15}{peak:>12}{tflop}")
     ratios = {}
     engine = "engine-bf16" if "engine-bf16" in timings else "engine"
     if "official-equivalent" in timings and engine in timings:
@@ -245,6 +275,7 @@ def run_benchmark(preset: str, resolution: int | None, steps: int, device: str,
         print(f"{engine} vs official-equivalent: {speed}{memory}")
     result = {"preset": preset, "resolution": resolution, "device": str(device), "steps": steps,
               "timings": timings, "peak_bytes": peaks, "memory": memory_kind, "ratios": ratios,
+              **({"flops": counted} if counted else {}),
               "torch": torch.__version__, "threads": torch.get_num_threads()}
     print(json.dumps(result))
     return result

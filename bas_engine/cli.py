@@ -134,6 +134,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-timing", action="store_true",
                    help="only peak memory (one process per configuration): for machines where the "
                         "configurations do not fit in memory together")
+    p.add_argument("--flops", action="store_true",
+                   help="also count the floating-point operations of one step per phase (for estimating the "
+                        "s/step of a GPU from its throughput, where none is at hand to time)")
     p.set_defaults(run=cmd_bench)
 
 
@@ -252,7 +255,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .bench import run_benchmark
 
     run_benchmark(args.preset, args.resolution, args.steps, _device(args.device), split_list(args.configs),
-                  timing=not args.no_timing)
+                  timing=not args.no_timing, flops=args.flops)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,3 +23,20 @@ def test_official_equivalent_configuration_is_the_official_recipe():
     assert cls is OfficialEquivalentRun
     assert settings == {"mode": "full", "train_text_encoder": True, "mixed_precision": "no"}
     assert configs["engine"][1]["mode"] == "lora"
+
+
+def test_flop_count_of_a_step_per_phase_and_configuration():
+    import torch
+
+    from bas_engine.bench import count_flops
+
+    flops = count_flops("tiny", 64, torch.device("cpu"))
+    engine, official = flops["engine"], flops["official-equivalent"]
+    assert all(v > 0 for v in engine.values()) and set(engine) == {"phase1_flops_per_step", "phase2_flops_per_step"}
+    # The official recipe also encodes the image every step and computes every frozen weight's gradient in
+    # phase 2 (full fine-tune): more operations in both phases, never fewer.
+    assert official["phase1_flops_per_step"] > engine["phase1_flops_per_step"]
+    assert official["phase2_flops_per_step"] > engine["phase2_flops_per_step"]
+    # Twice the side, about four times the pixels: the count follows the resolution.
+    assert count_flops("tiny", 128, torch.device("cpu"), ["engine"])["engine"]["phase1_flops_per_step"] > \
+        3 * engine["phase1_flops_per_step"]
