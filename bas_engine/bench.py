@@ -174,6 +174,26 @@ def count_flops(preset: str, resolution: int, device: torch.device, names: list[
     return flops
 
 
+def simulate(preset: str, resolution: int, device: torch.device, names: list[str] | None = None
+             ) -> tuple[dict[str, int], dict[str, dict]]:
+    """Peak memory (live tensor bytes, weights included) and operations per step of each configuration,
+    on fake tensors: nothing is computed, so any preset and resolution runs on any machine in about a minute
+    (see simulate.py for what the figure is and is not)."""
+    from .simulate import fake_tensors, step_figures
+    from .testing import synthetic_scene
+
+    scene = synthetic_scene(size=max(resolution, 64))
+    peaks, flops = {}, {}
+    for name, (cls, overrides) in configurations(device, names, preset).items():
+        config = TrainConfig(phase1_steps=2, phase2_steps=2, resolution=resolution, seed=0, **overrides)
+        with fake_tensors():
+            with cls(_components(preset, name), scene, config, torch.device("cpu")) as run:
+                figures = {phase: step_figures(run, phase) for phase in (1, 2)}
+        peaks[name] = max(f["peak_bytes"] for f in figures.values())
+        flops[name] = {f"phase{phase}_flops_per_step": f["flops"] for phase, f in figures.items()}
+    return peaks, flops
+
+
 def peak_memory_worker(preset: str, resolution: int, name: str, device_name: str) -> int:
     """Run two steps of each phase of one configuration; return its peak memory in bytes."""
     from .testing import synthetic_scene
@@ -240,19 +260,27 @@ def peak_memory(preset: str, resolution: int, device: torch.device, names: list[
 
 
 def run_benchmark(preset: str, resolution: int | None, steps: int, device: str,
-                  names: list[str] | None = None, timing: bool = True, flops: bool = False) -> dict:
-    """Print a table and one JSON line; return the figures."""
+                  names: list[str] | None = None, timing: bool = True, flops: bool = False,
+                  simulated: bool = False) -> dict:
+    """Print a table and one JSON line; return the figures. ``simulated``: memory and operations from a run on
+    fake tensors (no timing), for configurations this machine cannot run (simulate.py)."""
     device = torch.device(device)
     resolution = resolution or PRESET_RESOLUTION[preset]
     names = list(configurations(device, names, preset))
+    timing = timing and not simulated
     timings = (time_interleaved(preset, resolution, steps, device, names) if timing
                else {name: {"phase1_s_per_step": None, "phase2_s_per_step": None} for name in names})
-    peaks = peak_memory(preset, resolution, device, names)
-    counted = count_flops(preset, resolution, device, names) if flops else {}
-    memory_kind = ("cuda max_memory_allocated" if device.type == "cuda"
-                   else "peak RSS above the loaded model, sampled every 5 ms (separate process per configuration)")
-    print(f"preset={preset} resolution={resolution} device={device} timed steps/phase={steps} "
-          f"(median; interleaved) memory={memory_kind}")
+    if simulated:
+        peaks, counted = simulate(preset, resolution, device, names)
+        memory_kind = ("simulated: peak live tensor bytes of a step, weights included, on fake tensors "
+                       "(what max_memory_allocated counts; nothing computed)")
+    else:
+        peaks = peak_memory(preset, resolution, device, names)
+        counted = count_flops(preset, resolution, device, names) if flops else {}
+        memory_kind = ("cuda max_memory_allocated" if device.type == "cuda" else
+                       "peak RSS above the loaded model, sampled every 5 ms (separate process per configuration)")
+    how = "no timing" if simulated else f"device={device} timed steps/phase={steps} (median; interleaved)"
+    print(f"preset={preset} resolution={resolution} {how} memory={memory_kind}")
     flop_header = f"{'phase1 TFLOP':>14}{'phase2 TFLOP':>14}" if counted else ""
     print(f"{'configuration':<22}{'phase1 s/step':>15}{'phase2 s/step':>15}{'peak MiB':>12}{flop_header}")
     for name, t in timings.items():
@@ -273,7 +301,8 @@ def run_benchmark(preset: str, resolution: int | None, steps: int, device: str,
         speed = (f"phase1 x{ratios['phase1_s_per_step_speedup']:.2f} faster, "
                  f"phase2 x{ratios['phase2_s_per_step_speedup']:.2f} faster, " if timing else "")
         print(f"{engine} vs official-equivalent: {speed}{memory}")
-    result = {"preset": preset, "resolution": resolution, "device": str(device), "steps": steps,
+    result = {"preset": preset, "resolution": resolution, "device": "simulated" if simulated else str(device),
+              "steps": None if simulated else steps,
               "timings": timings, "peak_bytes": peaks, "memory": memory_kind, "ratios": ratios,
               **({"flops": counted} if counted else {}),
               "torch": torch.__version__, "threads": torch.get_num_threads()}

@@ -137,6 +137,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flops", action="store_true",
                    help="also count the floating-point operations of one step per phase (for estimating the "
                         "s/step of a GPU from its throughput, where none is at hand to time)")
+    p.add_argument("--simulate", action="store_true",
+                   help="no computation: peak memory and operations of a step from a run on fake tensors, for "
+                        "configurations this machine cannot run (e.g. SDXL at 1024 px without a GPU)")
     p.set_defaults(run=cmd_bench)
 
 
@@ -255,7 +258,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .bench import run_benchmark
 
     run_benchmark(args.preset, args.resolution, args.steps, _device(args.device), split_list(args.configs),
-                  timing=not args.no_timing, flops=args.flops)
+                  timing=not args.no_timing, flops=args.flops, simulated=args.simulate)
 
 
 def build_parser() -> argparse.ArgumentParser:
