@@ -10,14 +10,20 @@ and backward passes are those of phase 1) after its warm-up, and prints the peak
           activations), after malloc_trim has handed back what setup freed (the VAE encoding of the scene at
           1024 px, done once per run, is not part of a step).
 
-    python scripts/sdxl_memory.py                       # CUDA when available, else CPU (slow: ~1 h on 2 cores)
+    python scripts/sdxl_memory.py                       # CUDA when available, else CPU (see below)
     python scripts/sdxl_memory.py --device cpu --threads 2 --resolution 1024
+    python scripts/sdxl_memory.py --simulate            # no device: the same step on fake tensors (~1 min)
+
+On a CPU without bf16 arithmetic (AVX2 only) bf16 is emulated at ~0.2-1 GFLOP/s and the step (~17 TFLOP) would
+take about a day; there `--simulate` runs the same step on fake tensors (bas_engine/simulate.py): the peak of
+live tensor bytes, weights included, which is what max_memory_allocated counts, and the step's operations.
 
 Prints one human line and one JSON line.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -40,7 +46,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     parser.add_argument("--phase", type=int, choices=(1, 2), default=2, help="which phase's step to measure")
+    parser.add_argument("--simulate", action="store_true",
+                        help="no computation: both phases' peaks and operations from the step on fake tensors")
+    parser.add_argument("--no-gradient-checkpointing", action="store_true",
+                        help="with --simulate: the figure without gradient checkpointing (the family turns it on)")
     args = parser.parse_args()
+    if args.simulate:
+        return simulated(args.resolution, not args.no_gradient_checkpointing)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -82,6 +94,38 @@ def main() -> None:
               "build_seconds": round(built, 1), "threads": torch.get_num_threads(), "torch": torch.__version__}
     print(f"SDXL-shaped (random weights), {args.resolution} px, phase {args.phase} step, LoRA, bf16, "
           f"gradient checkpointing {'on' if checkpointing else 'off'}: peak {peak / 2**30:.2f} GiB ({kind})")
+    print(json.dumps(result))
+
+
+def simulated(resolution: int, checkpointing: bool) -> None:
+    """The default SDXL step at ``resolution`` on fake tensors: peak live bytes and operations per phase."""
+    import dataclasses
+    from unittest import mock
+
+    from bas_engine.components import SDComponents
+    from bas_engine.simulate import fake_tensors, step_figures
+
+    scene = synthetic_scene(size=resolution, concepts=3)
+    config = TrainConfig(phase1_steps=2, phase2_steps=2, resolution=resolution, mode="lora",
+                         mixed_precision="bf16", gradient_checkpointing=checkpointing, seed=0)
+    family_entry = SDComponents.spec.fget
+    family = mock.patch.object(SDComponents, "spec", property(
+        lambda self: dataclasses.replace(family_entry(self), gradient_checkpointing=False)))
+    with fake_tensors(), (family if not checkpointing else contextlib.nullcontext()):
+        components = sdxl_shaped_components(seed=0, dtype=torch.bfloat16)
+        with TrainingRun(components, scene, config, torch.device("cpu")) as run:
+            assert components.unet.is_gradient_checkpointing == checkpointing
+            figures = {phase: step_figures(run, phase) for phase in (1, 2)}
+    result = {"resolution": resolution, "device": "simulated (fake tensors)", "gradient_checkpointing": checkpointing,
+              "weights_dtype": "bfloat16", "autocast": "bfloat16", "mode": "lora", "lora_rank": config.lora_rank,
+              "training_size": list(run.scene_t.size),
+              "memory": "peak live tensor bytes during a step, weights included (what max_memory_allocated counts)",
+              **{f"phase{p}_peak_GiB": round(f["peak_bytes"] / 2**30, 2) for p, f in figures.items()},
+              **{f"phase{p}_peak_bytes": f["peak_bytes"] for p, f in figures.items()},
+              **{f"phase{p}_flops_per_step": f["flops"] for p, f in figures.items()}, "torch": torch.__version__}
+    print(f"SDXL-shaped, {resolution} px, LoRA, bf16, gradient checkpointing {'on' if checkpointing else 'off'}, "
+          f"simulated: peak phase 1 {result['phase1_peak_GiB']:.2f} GiB, phase 2 {result['phase2_peak_GiB']:.2f} GiB "
+          f"({figures[1]['flops'] / 1e12:.1f} / {figures[2]['flops'] / 1e12:.1f} TFLOP per step)")
     print(json.dumps(result))
 
 
