@@ -13,6 +13,9 @@ Measures on this machine, with the committed toy model at its native 64 px:
      next to the measured wall time, to show how far the estimate is off.
 With --bench-json (the JSON line `bas bench` prints, e.g. `bas bench --preset sd15 --device cuda`
 on the GPU you will rent), the same formula prints the cost of --batch-scenes scenes on each of --gpus.
+Where no GPU is at hand to time, `bas bench --flops` (any device) counts the operations of a step, and
+--gpu-tflops (the GPU's dense bf16 peak) with --utilization (the share of it a batch-1 step reaches) turns
+them into s/step: an estimate whose uncertainty is the utilization, printed for each value given.
 Load from other processes skews the figures: the 1-minute load average is printed before and after.
 """
 from __future__ import annotations
@@ -100,6 +103,11 @@ def main() -> None:
                         help="start-up for the GPU estimate: Ray, worker, model load (default 120)")
     parser.add_argument("--gpu-hour-price", type=float, help="price of one GPU-hour, for a cost column")
     parser.add_argument("--skip-measure", action="store_true", help="only the estimate from --bench-json")
+    parser.add_argument("--gpu-tflops", type=float,
+                        help="dense bf16 TFLOP/s of the GPU (e.g. 312 A100, 989 H100 SXM): s/step from the FLOP "
+                             "count of `bas bench --flops` instead of the bench's timings")
+    parser.add_argument("--utilization", default="0.05,0.15",
+                        help="shares of --gpu-tflops a batch-1 step reaches, one estimate each (default 0.05,0.15: see docs/BATCH.md)")
     args = parser.parse_args()
 
     import torch
@@ -137,20 +145,36 @@ def main() -> None:
         with open(args.bench_json, encoding="utf-8") as f:
             lines = [line for line in f if line.lstrip().startswith("{")]
         bench = json.loads(lines[-1])
-        name = args.bench_config or ("engine-bf16" if "engine-bf16" in bench["timings"] else "engine")
-        t = bench["timings"][name]
-        b1, b2 = t["phase1_s_per_step"], t["phase2_s_per_step"]
-        per_scene = p1 * b1 + p2 * b2
-        print(f"\n{args.batch_scenes} scenes, {p1}+{p2} steps, from bas bench ({bench['preset']} at "
-              f"{bench['resolution']} px on {bench['device']}, {name}: {b1:.4f} + {b2:.4f} s/step): "
-              f"{per_scene:.0f} s per scene per worker, start-up {args.startup_s:.0f} s, one worker per GPU")
-        price = f" {'cost':>10}" if args.gpu_hour_price else ""
-        print(f"{'GPUs':>5} {'wall hours':>10} {'GPU-hours':>10}{price}")
-        for gpus in (int(g) for g in args.gpus.split(",")):
-            wall = estimate(args.batch_scenes, gpus, b1, b2, p1, p2, args.startup_s)
-            cost = f" {wall / 3600 * gpus * args.gpu_hour_price:>10.0f}" if args.gpu_hour_price else ""
-            print(f"{gpus:>5} {wall / 3600:>10.1f} {wall / 3600 * gpus:>10.1f}{cost}")
+        if args.gpu_tflops:
+            if "flops" not in bench:
+                raise SystemExit(f"{args.bench_json}: no FLOP count; run `bas bench --flops` for --gpu-tflops")
+            name = args.bench_config or ("engine-bf16" if "engine-bf16" in bench["flops"] else "engine")
+            f1, f2 = (bench["flops"][name][f"phase{p}_flops_per_step"] for p in (1, 2))
+            for share in (float(u) for u in args.utilization.split(",")):
+                speed = args.gpu_tflops * 1e12 * share
+                gpu_estimate(args, p1, p2, f1 / speed, f2 / speed,
+                             f"from the FLOP count of bas bench ({bench['preset']} at {bench['resolution']} px, "
+                             f"{name}: {f1 / 1e12:.2f} + {f2 / 1e12:.2f} TFLOP/step) at {share:.0%} of "
+                             f"{args.gpu_tflops:g} TFLOP/s")
+        else:
+            name = args.bench_config or ("engine-bf16" if "engine-bf16" in bench["timings"] else "engine")
+            t = bench["timings"][name]
+            gpu_estimate(args, p1, p2, t["phase1_s_per_step"], t["phase2_s_per_step"],
+                         f"from bas bench ({bench['preset']} at {bench['resolution']} px on {bench['device']}, "
+                         f"{name})")
 
+
+def gpu_estimate(args: argparse.Namespace, p1: int, p2: int, b1: float, b2: float, source: str) -> None:
+    """Print wall hours (and GPU-hours, cost) of --batch-scenes scenes on each of --gpus at b1 + b2 s/step."""
+    per_scene = p1 * b1 + p2 * b2
+    print(f"\n{args.batch_scenes} scenes, {p1}+{p2} steps, {source}: {b1:.4f} + {b2:.4f} s/step, "
+          f"{per_scene:.0f} s per scene per worker, start-up {args.startup_s:.0f} s, one worker per GPU")
+    price = f" {'cost':>10}" if args.gpu_hour_price else ""
+    print(f"{'GPUs':>5} {'wall hours':>10} {'GPU-hours':>10}{price}")
+    for gpus in (int(g) for g in args.gpus.split(",")):
+        wall = estimate(args.batch_scenes, gpus, b1, b2, p1, p2, args.startup_s)
+        cost = f" {wall / 3600 * gpus * args.gpu_hour_price:>10.0f}" if args.gpu_hour_price else ""
+        print(f"{gpus:>5} {wall / 3600:>10.1f} {wall / 3600 * gpus:>10.1f}{cost}")
 
 if __name__ == "__main__":
     main()
