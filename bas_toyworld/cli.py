@@ -36,6 +36,9 @@ def register_fidelity(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--phase2-steps", type=int, default=400)
     p.add_argument("--images", type=int, default=2, help="images per prompt")
     p.add_argument("--workers", type=int, default=2, help="parallel runs (processes, one thread each)")
+    p.add_argument("--masks", default="loose",
+                   help="comma-separated mask qualities given to the method, one table row each: exact, loose, "
+                        "dilated, eroded, shifted (docs/FIDELITY.md defines each; default loose)")
     p.set_defaults(run=cmd_fidelity)
 
 
@@ -104,17 +107,22 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_fidelity(args: argparse.Namespace) -> None:
     from .fidelity import VARIANTS, FidelitySettings, run_fidelity
+    from .world import MASK_QUALITIES
 
     _check_toy_model(args.model)
     variants = tuple(split_list(args.variants) or VARIANTS)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise BASError(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    masks = tuple(split_list(args.masks) or ("loose",))
+    unknown = [m for m in masks if m not in MASK_QUALITIES]
+    if unknown:
+        raise BASError(f"--masks: unknown {unknown}; choose from {list(MASK_QUALITIES)}")
     for name in ("scenes", "seeds", "images", "workers"):
         if getattr(args, name) < 1:
             raise BASError(f"--{name} must be at least 1, got {getattr(args, name)}")
     settings = FidelitySettings(variants=variants, scene_seeds=tuple(range(1, args.scenes + 1)),
                                 train_seeds=tuple(range(args.seeds)), phase1_steps=args.phase1_steps,
                                 phase2_steps=args.phase2_steps, image_seeds=tuple(range(args.images)),
-                                workers=args.workers, model_dir=args.model)
+                                workers=args.workers, model_dir=args.model, masks=masks)
     run_fidelity(args.out, settings)

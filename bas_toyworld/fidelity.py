@@ -46,6 +46,7 @@ class FidelitySettings:
     guidance: float = 5.0
     workers: int = 2
     model_dir: str | None = None
+    masks: tuple[str, ...] = ("loose",)          # world.MASK_QUALITIES: the masks the method is given
 
 
 def variant_config(name: str, settings: FidelitySettings, train_seed: int):
@@ -65,18 +66,24 @@ def variant_config(name: str, settings: FidelitySettings, train_seed: int):
     return toy_config(seed=train_seed, **steps, **overrides)
 
 
-def run_one(job: tuple[str, int, int, dict]) -> dict:
-    """Train, generate and score one (variant, scene, seed); runs in a worker process."""
+def run_name(variant: str, masks: str, scene_seed: int, train_seed: int) -> str:
+    """A run's record name (runs with the default loose masks keep the name they had before mask sweeps)."""
+    quality = "" if masks == "loose" else f"_masks-{masks}"
+    return f"{variant}{quality}_scene{scene_seed}_seed{train_seed}"
+
+
+def run_one(job: tuple[str, str, int, int, dict]) -> dict:
+    """Train, generate and score one (variant, mask quality, scene, seed); runs in a worker process."""
     import torch
 
     from .extraction import extract_and_score, prompt_cases
-    from .world import make_demo_scene
+    from .world import make_demo_scene, with_masks
 
-    variant, scene_seed, train_seed, raw = job
+    variant, masks, scene_seed, train_seed, raw = job
     settings = FidelitySettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
     torch.set_num_threads(int(os.environ.get("BAS_FIDELITY_THREADS", "1")))
     t0 = time.time()
-    demo = make_demo_scene(scene_seed)
+    demo = with_masks(make_demo_scene(scene_seed), masks, seed=scene_seed)
     cases = prompt_cases(len(demo.concepts), demo.spec.background, contexts_per_concept=1)
     run = extract_and_score(demo, variant_config(variant, settings, train_seed), cases, settings.image_seeds,
                             model_dir=settings.model_dir, sample_steps=settings.sample_steps,
@@ -86,7 +93,7 @@ def run_one(job: tuple[str, int, int, dict]) -> dict:
     images = [{"kind": r.case.kind, "prompt": r.case.prompt, "seed": i.seed, "identities": list(i.identities),
                "leakage": i.leakage, "leakage_2of3": i.leakage_partial, "fidelity": i.fidelity}
               for r in results for i in r.images]
-    return {"variant": variant, "scene_seed": scene_seed, "train_seed": train_seed, "scores": scores,
+    return {"variant": variant, "masks": masks, "scene_seed": scene_seed, "train_seed": train_seed, "scores": scores,
             "attention_iou_per_handle": ious, "images": images, "seconds": round(time.time() - t0, 1)}
 
 
@@ -108,19 +115,22 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
     return float(v.mean()), float(t_critical_95(len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
 
 
-def table(records: Sequence[dict], variants: Sequence[str]) -> str:
-    """Markdown table: one row per variant, mean ± 95 % CI per score, n runs."""
-    head = "| variant | n | " + " | ".join(SCORES) + " |"
-    lines = [head, "|" + "---|" * (len(SCORES) + 2)]
-    for name in variants:
-        rows = [r for r in records if r["variant"] == name]
+def table(records: Sequence[dict], variants: Sequence[str], masks: Sequence[str] = ("loose",)) -> str:
+    """Markdown table: one row per variant (and mask quality, when more than one), mean ± 95 % CI per score,
+    n runs."""
+    by_mask = len(masks) > 1
+    head = "| variant | " + ("masks | " if by_mask else "") + "n | " + " | ".join(SCORES) + " |"
+    lines = [head, "|" + "---|" * (len(SCORES) + 2 + by_mask)]
+    for name, quality in [(v, m) for v in variants for m in masks]:
+        rows = [r for r in records if r["variant"] == name and r.get("masks", "loose") == quality]
         if not rows:
             continue
         cells = []
         for score in SCORES:
             m, h = mean_ci([r["scores"][score] for r in rows])
             cells.append(f"{m:.3f} ± {h:.3f}" if not math.isnan(h) else f"{m:.3f}")
-        lines.append(f"| {name} | {len(rows)} | " + " | ".join(cells) + " |")
+        label = f"{name} | {quality}" if by_mask else name
+        lines.append(f"| {label} | {len(rows)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -129,10 +139,15 @@ def run_fidelity(out_dir: str | Path, settings: FidelitySettings | None = None,
     """Run every (variant, scene, seed) not already in OUT/runs, then write table.md and results.json."""
     from bas_engine.fileio import atomic_write_text
 
+    from .world import MASK_QUALITIES
+
     settings = settings or FidelitySettings()
     for name in settings.variants:
         if name not in VARIANTS:
             raise ValueError(f"variants: {name!r} is not one of {list(VARIANTS)}")
+    for quality in settings.masks:
+        if quality not in MASK_QUALITIES:
+            raise ValueError(f"masks: {quality!r} is not one of {list(MASK_QUALITIES)}")
     out = Path(out_dir)
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -142,26 +157,28 @@ def run_fidelity(out_dir: str | Path, settings: FidelitySettings | None = None,
     settings_key["scores"] = list(SCORES)  # records made with other scores are run again
     jobs, records = [], []
     for variant in settings.variants:
-        for scene_seed in settings.scene_seeds:
-            for train_seed in settings.train_seeds:
-                path = runs_dir / f"{variant}_scene{scene_seed}_seed{train_seed}.json"
-                if path.exists():
-                    record = json.loads(path.read_text())
-                    if record.get("settings") == settings_key:
-                        records.append(record)
-                        continue
-                jobs.append((variant, scene_seed, train_seed, raw))
+        for quality in settings.masks:
+            for scene_seed in settings.scene_seeds:
+                for train_seed in settings.train_seeds:
+                    path = runs_dir / f"{run_name(variant, quality, scene_seed, train_seed)}.json"
+                    if path.exists():
+                        record = json.loads(path.read_text())
+                        if record.get("settings") == settings_key:
+                            records.append(record)
+                            continue
+                    jobs.append((variant, quality, scene_seed, train_seed, raw))
     log(f"{len(records)} runs already done, {len(jobs)} to run with {settings.workers} worker(s)")
     t0 = time.time()
     total = len(records) + len(jobs)
 
     def keep(record: dict) -> None:
         record["settings"] = settings_key
-        path = runs_dir / f"{record['variant']}_scene{record['scene_seed']}_seed{record['train_seed']}.json"
+        path = runs_dir / f"{run_name(record['variant'], record['masks'], record['scene_seed'], record['train_seed'])}.json"
         atomic_write_text(path, json.dumps(record, indent=1))
         records.append(record)
         s = record["scores"]
-        log(f"  [{len(records)}/{total}] {record['variant']} scene {record['scene_seed']} "
+        quality = "" if record["masks"] == "loose" else f" masks {record['masks']}"
+        log(f"  [{len(records)}/{total}] {record['variant']}{quality} scene {record['scene_seed']} "
             f"seed {record['train_seed']}: " + " ".join(f"{k} {s[k]:.2f}" for k in SCORES)
             + f" ({record['seconds']:.0f} s)")
 
@@ -181,8 +198,10 @@ def run_fidelity(out_dir: str | Path, settings: FidelitySettings | None = None,
     else:
         for job in jobs:
             keep(run_one(job))
-    text = table(records, settings.variants)
+    text = table(records, settings.variants, settings.masks)
     notes = "\n".join(f"- **{name}**: {VARIANTS[name][1]}" for name in settings.variants)
+    notes += "\n\n## Masks given to the method\n" + "\n".join(
+        f"- **{quality}**: {MASK_QUALITIES[quality]}" for quality in settings.masks)
     legend = "\n".join(f"- `{k}`: {v}" for k, v in SCORE_HELP.items())
     doc = (f"# bas fidelity\n\nScenes {list(settings.scene_seeds)} × training seeds {list(settings.train_seeds)}; "
            f"phase 1 {settings.phase1_steps} + phase 2 {settings.phase2_steps} steps; images per prompt: "
@@ -191,5 +210,5 @@ def run_fidelity(out_dir: str | Path, settings: FidelitySettings | None = None,
     atomic_write_text(out / "table.md", doc)
     atomic_write_text(out / "results.json", json.dumps({"settings": raw, "records": records}, indent=1))
     log(text)
-    log(f"wrote {out / 'table.md'} ({(time.time() - t0) / 60:.1f} min)")
+    log(f"wrote {out / 'table.md'} ({(time.time() - t0) / 60:.1f} min of wall time for {len(jobs)} runs)")
     return {"records": records, "table": text}

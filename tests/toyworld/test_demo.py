@@ -193,11 +193,53 @@ def test_fidelity_tiny_run_and_resume(tmp_path):
     assert lines[0].startswith("2 runs already done, 0 to run") and len(again["records"]) == 2
 
 
+def test_mask_qualities_for_the_mask_sweep():
+    from bas_toyworld.world import MASK_QUALITIES, make_demo_scene, perturbed_masks, with_masks
+
+    demo = make_demo_scene(1)
+    exact = [np.asarray(m, bool) for m in demo.masks]
+    got = {q: perturbed_masks(demo, q, seed=1) for q in MASK_QUALITIES}
+    assert all(np.array_equal(a, b) for a, b in zip(got["exact"], exact))
+    assert all(np.array_equal(a, b) for a, b in zip(got["loose"], demo.loose_masks))
+    for e, dilated, eroded, shifted in zip(exact, got["dilated"], got["eroded"], got["shifted"]):
+        assert (dilated >= e).all() and dilated.sum() > e.sum()          # grown all round
+        assert (eroded <= e).all() and 0 < eroded.sum() < e.sum()         # shrunk, never empty
+        assert shifted.sum() == e.sum() and not np.array_equal(shifted, e)  # moved (objects lie off the border)
+    # never an empty mask, on any demo scene (the scene would be refused)
+    for seed in range(10):
+        scene = make_demo_scene(seed)
+        assert all(m.sum() > 0 for q in MASK_QUALITIES for m in perturbed_masks(scene, q, seed))
+    # the method is given the perturbed masks; the judge keeps the exact ones
+    moved = with_masks(demo, "shifted", seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(moved.loose_masks, got["shifted"]))
+    assert all(np.array_equal(a, b) for a, b in zip(moved.masks, demo.masks))
+    with pytest.raises(ValueError, match="not one of"):
+        perturbed_masks(demo, "blurry")
+
+
+def test_fidelity_mask_sweep_tiny_run_and_resume(tmp_path):
+    from bas_toyworld.fidelity import FidelitySettings, run_fidelity
+
+    settings = FidelitySettings(variants=("method",), masks=("exact", "shifted"), scene_seeds=(1,), train_seeds=(0,),
+                                phase1_steps=2, phase2_steps=2, image_seeds=(0,), sample_steps=2, workers=1)
+    result = run_fidelity(tmp_path, settings, log=lambda line: None)
+    assert sorted(r["masks"] for r in result["records"]) == ["exact", "shifted"]
+    assert "| method | exact | 1 |" in result["table"] and "| method | shifted | 1 |" in result["table"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "method_masks-exact_scene1_seed0.json", "method_masks-shifted_scene1_seed0.json"]
+    assert "the exact mask moved by 4 px" in (tmp_path / "table.md").read_text()
+    lines = []
+    again = run_fidelity(tmp_path, settings, log=lines.append)
+    assert lines[0].startswith("2 runs already done, 0 to run") and len(again["records"]) == 2
+
+
 def test_cli_demo_and_fidelity_errors(capsys):
     from bas_engine.cli import main
 
     assert main(["fidelity", "--variants", "method,bogus", "--out", "unused"]) == 2
     assert "unknown ['bogus']" in capsys.readouterr().err
+    assert main(["fidelity", "--masks", "exact,blurry", "--out", "unused"]) == 2
+    assert "--masks: unknown ['blurry']" in capsys.readouterr().err
     assert main(["demo", "--images", "0", "--out", "unused"]) == 2
     assert "--images must be at least 1" in capsys.readouterr().err
     assert main(["demo", "--model", "/nonexistent/model", "--out", "unused"]) == 2
