@@ -8,6 +8,7 @@ memory is measured in a separate process per configuration, so one cannot inflat
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -147,51 +148,45 @@ def time_interleaved(preset: str, resolution: int, steps: int, device: torch.dev
     return timings
 
 
+def step_figures_per_configuration(preset: str, resolution: int, device: torch.device,
+                                   names: list[str] | None = None, simulated: bool = False) -> dict[str, dict]:
+    """simulate.step_figures of both phases for each configuration: operations per step, and with ``simulated``
+    also the peak memory, from a run on fake tensors on the CPU (nothing computed, so any preset and resolution
+    runs on any machine in about a minute; see simulate.py for what the figure is and is not)."""
+    from .simulate import fake_tensors, step_figures
+    from .testing import synthetic_scene
+
+    scene = synthetic_scene(size=max(resolution, 64))
+    figures = {}
+    for name, (cls, overrides) in configurations(device, names, preset).items():
+        config = TrainConfig(phase1_steps=2, phase2_steps=2, resolution=resolution, seed=0, **overrides)
+        with fake_tensors() if simulated else contextlib.nullcontext():
+            with cls(_components(preset, name), scene, config, torch.device("cpu") if simulated else device) as run:
+                figures[name] = {phase: step_figures(run, phase, memory=simulated) for phase in (1, 2)}
+    return figures
+
+
+def _operations(figures: dict[str, dict]) -> dict[str, dict]:
+    return {name: {f"phase{phase}_flops_per_step": f["flops"] for phase, f in phases.items()}
+            for name, phases in figures.items()}
+
+
 def count_flops(preset: str, resolution: int, device: torch.device, names: list[str] | None = None
                 ) -> dict[str, dict]:
     """Floating-point operations of one training step per phase and configuration (forward and backward of
     every matmul, convolution and attention, as torch's FlopCounterMode counts them; elementwise work is not
     counted). The same count on any device: it turns a GPU's throughput into an s/step estimate where no GPU
     was at hand to time one (scripts/batch_throughput.py)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from .testing import synthetic_scene
-
-    scene = synthetic_scene(size=max(resolution, 64))
-    flops: dict[str, dict] = {}
-    for name, (cls, overrides) in configurations(device, names, preset).items():
-        config = TrainConfig(phase1_steps=2, phase2_steps=2, resolution=resolution, seed=0, **overrides)
-        flops[name] = {}
-        with cls(_components(preset, name), scene, config, device) as run:
-            for phase in (1, 2):
-                optimizer = run.start_phase(phase)
-                run.optimize(optimizer, run.sampler.draw_batch(1))  # first step: set-up, like the timing's warm-up
-                counter = FlopCounterMode(display=False)
-                with counter:
-                    run.optimize(optimizer, run.sampler.draw_batch(1))
-                flops[name][f"phase{phase}_flops_per_step"] = counter.get_total_flops()
-                del optimizer
-    return flops
+    return _operations(step_figures_per_configuration(preset, resolution, device, names))
 
 
 def simulate(preset: str, resolution: int, device: torch.device, names: list[str] | None = None
              ) -> tuple[dict[str, int], dict[str, dict]]:
-    """Peak memory (live tensor bytes, weights included) and operations per step of each configuration,
-    on fake tensors: nothing is computed, so any preset and resolution runs on any machine in about a minute
-    (see simulate.py for what the figure is and is not)."""
-    from .simulate import fake_tensors, step_figures
-    from .testing import synthetic_scene
-
-    scene = synthetic_scene(size=max(resolution, 64))
-    peaks, flops = {}, {}
-    for name, (cls, overrides) in configurations(device, names, preset).items():
-        config = TrainConfig(phase1_steps=2, phase2_steps=2, resolution=resolution, seed=0, **overrides)
-        with fake_tensors():
-            with cls(_components(preset, name), scene, config, torch.device("cpu")) as run:
-                figures = {phase: step_figures(run, phase) for phase in (1, 2)}
-        peaks[name] = max(f["peak_bytes"] for f in figures.values())
-        flops[name] = {f"phase{phase}_flops_per_step": f["flops"] for phase, f in figures.items()}
-    return peaks, flops
+    """Peak memory (live tensor bytes, weights included; the larger phase) and operations per step of each
+    configuration, on fake tensors."""
+    figures = step_figures_per_configuration(preset, resolution, device, names, simulated=True)
+    peaks = {name: max(f["peak_bytes"] for f in phases.values()) for name, phases in figures.items()}
+    return peaks, _operations(figures)
 
 
 def peak_memory_worker(preset: str, resolution: int, name: str, device_name: str) -> int:

@@ -113,21 +113,26 @@ def fake_tensors() -> Iterator[None]:
         yield
 
 
-def step_figures(run, phase: int, flops: bool = True) -> dict:
-    """Peak live tensor bytes (weights included) of one step of ``phase`` in an entered TrainingRun, after one
-    untracked step that sets the phase up (optimizer state, adapters), as the benchmark does; and the operations
-    of a further step. The count has a step of its own: FlopCounterMode's module hooks keep tensors alive that
-    the step would have freed (3.4 GiB more at SDXL 1024 px), so it must not run while memory is tracked."""
+def step_figures(run, phase: int, memory: bool = True, flops: bool = True) -> dict:
+    """Figures of one step of ``phase`` in an entered TrainingRun, after a step that sets the phase up (optimizer
+    state, adapters), as the benchmark does: the peak of live tensor bytes (weights included) of a step, and the
+    operations of a further step. The count has a step of its own: FlopCounterMode's module hooks keep tensors
+    alive that the step would have freed (3.4 GiB more at SDXL 1024 px), so it must not run while memory is
+    tracked. A figure not asked for is None."""
     optimizer = run.start_phase(phase)
     draw = lambda: run.sampler.draw_batch(run.config.batch_size)  # noqa: E731
-    gc.collect()  # garbage of earlier work is not this step's (during the step, collection runs as it would)
-    tracker = LiveTensorBytes()
-    tracker.track_modules(list(run.c.modules()))
-    with tracker:
+    peak = operations = None
+    if memory:
+        gc.collect()  # garbage of earlier work is not this step's (during the step, collection runs as it would)
+        tracker = LiveTensorBytes()
+        tracker.track_modules(list(run.c.modules()))
+        with tracker:
+            run.optimize(optimizer, draw())
+            tracker.reset_peak()
+            run.optimize(optimizer, draw())
+        peak = tracker.peak
+    else:
         run.optimize(optimizer, draw())
-        tracker.reset_peak()
-        run.optimize(optimizer, draw())
-    operations = None
     if flops:
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -136,4 +141,4 @@ def step_figures(run, phase: int, flops: bool = True) -> dict:
             run.optimize(optimizer, draw())
         operations = counter.get_total_flops()
     del optimizer
-    return {"peak_bytes": tracker.peak, "flops": operations}
+    return {"peak_bytes": peak, "flops": operations}

@@ -98,27 +98,22 @@ def main() -> None:
 
 
 def simulated(resolution: int, checkpointing: bool) -> None:
-    """The default SDXL step at ``resolution`` on fake tensors: peak live bytes and operations per phase."""
+    """The default SDXL step at ``resolution`` on fake tensors (`bas bench --preset sdxl --simulate`'s engine
+    configuration): peak live bytes and operations per phase."""
     import dataclasses
     from unittest import mock
 
+    from bas_engine.bench import step_figures_per_configuration
     from bas_engine.components import SDComponents
-    from bas_engine.simulate import fake_tensors, step_figures
 
-    scene = synthetic_scene(size=resolution, concepts=3)
-    config = TrainConfig(phase1_steps=2, phase2_steps=2, resolution=resolution, mode="lora",
-                         mixed_precision="bf16", gradient_checkpointing=checkpointing, seed=0)
     family_entry = SDComponents.spec.fget
     family = mock.patch.object(SDComponents, "spec", property(
         lambda self: dataclasses.replace(family_entry(self), gradient_checkpointing=False)))
-    with fake_tensors(), (family if not checkpointing else contextlib.nullcontext()):
-        components = sdxl_shaped_components(seed=0, dtype=torch.bfloat16)
-        with TrainingRun(components, scene, config, torch.device("cpu")) as run:
-            assert components.unet.is_gradient_checkpointing == checkpointing
-            figures = {phase: step_figures(run, phase) for phase in (1, 2)}
+    with family if not checkpointing else contextlib.nullcontext():
+        figures = step_figures_per_configuration("sdxl", resolution, torch.device("cpu"), ["engine"],
+                                                 simulated=True)["engine"]
     result = {"resolution": resolution, "device": "simulated (fake tensors)", "gradient_checkpointing": checkpointing,
-              "weights_dtype": "bfloat16", "autocast": "bfloat16", "mode": "lora", "lora_rank": config.lora_rank,
-              "training_size": list(run.scene_t.size),
+              "weights_dtype": "bfloat16", "autocast": "bfloat16", "mode": "lora", "lora_rank": TrainConfig().lora_rank,
               "memory": "peak live tensor bytes during a step, weights included (what max_memory_allocated counts)",
               **{f"phase{p}_peak_GiB": round(f["peak_bytes"] / 2**30, 2) for p, f in figures.items()},
               **{f"phase{p}_peak_bytes": f["peak_bytes"] for p, f in figures.items()},
