@@ -330,13 +330,19 @@ def plan(minutes: float) -> tuple[int, int]:
     return vae_steps, unet_steps
 
 
+def weights_sha256(model_dir: str | Path, parts: tuple[str, ...]) -> dict[str, str]:
+    """sha256 of the safetensors file of each part (``unet``, ``vae``, ``text_encoder``) of a model folder."""
+    import hashlib
+
+    return {part: hashlib.sha256(next((Path(model_dir) / part).glob("*.safetensors")).read_bytes()).hexdigest()
+            for part in parts}
+
+
 def init_from(model_dir: str, vae, text_encoder) -> dict:
     """Load the VAE and the text encoder of a saved model folder of the same world into ``vae`` and
     ``text_encoder`` (same architectures: strict loading names any mismatch). The world is unchanged
     between designs, so a VAE that already reconstructs it needs no second training; the text encoder
     starts from what it learned of the captions. Returns what the log records (and the recipe repeats)."""
-    import hashlib
-
     from bas_toyworld.model import load_pipeline
 
     pipe = load_pipeline(model_dir)
@@ -344,16 +350,13 @@ def init_from(model_dir: str, vae, text_encoder) -> dict:
     text_encoder.load_state_dict(pipe.text_encoder.state_dict())
     vae.eval()
     vae.register_to_config(scaling_factor=pipe.vae.config.scaling_factor)
-    digests = {sub: hashlib.sha256(next((Path(model_dir) / sub).glob("*.safetensors")).read_bytes()).hexdigest()
-               for sub in ("vae", "text_encoder")}
     return {"vae_steps": 0, "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
-            "init_from": {"model": str(model_dir), "weights_sha256": digests}}
+            "init_from": {"model": str(model_dir), "weights_sha256": weights_sha256(model_dir, ("vae", "text_encoder"))}}
 
 
 def write_recipe(model_dir: Path, log: dict, argv: list[str]) -> None:
     """pretrain.json beside the weights: the command and seed that made them, what came out, and the
     weights' sha256, so a committed model says how to reproduce it."""
-    import hashlib
     import platform
     import shlex
 
@@ -367,8 +370,7 @@ def write_recipe(model_dir: Path, log: dict, argv: list[str]) -> None:
     if "unet_truncated_at" in log and "--unet-stop-at" not in args:
         # The deadline cut this run: the same weights need the same cut, wherever the machine is faster.
         args += ["--unet-stop-at", str(log["unet_truncated_at"])]
-    digests = {sub: hashlib.sha256(next((model_dir / sub).glob("*.safetensors")).read_bytes()).hexdigest()
-               for sub in ("unet", "vae", "text_encoder")}
+    digests = weights_sha256(model_dir, ("unet", "vae", "text_encoder"))
     recipe = {
         "command": "python scripts/pretrain_toy.py " + " ".join(shlex.quote(a) for a in args),
         "seed": log["args"]["seed"], "args": log["args"], "machine": f"{platform.machine()}, {log['args']['threads']} threads",
