@@ -29,7 +29,8 @@ def register_fidelity(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="out/fidelity", help="folder for table.md, results.json and per-run records")
     p.add_argument("--model", help="toy model folder (default: the committed one)")
     p.add_argument("--variants", help="comma-separated subset of: method, no_phase1, no_masked_loss, "
-                                      "no_attention_loss, no_union_sampling, full_finetune")
+                                      "no_attention_loss, no_union_sampling, full_finetune (default: all of them; "
+                                      "with --concepts or several --masks: method)")
     p.add_argument("--scenes", type=int, default=3, help="held-out scenes (seeds 1..N; the demo uses 0)")
     p.add_argument("--seeds", type=int, default=2, help="training seeds per scene")
     p.add_argument("--phase1-steps", type=int, default=400)
@@ -39,6 +40,9 @@ def register_fidelity(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--masks", default="loose",
                    help="comma-separated mask qualities given to the method, one table row each: exact, loose, "
                         "dilated, eroded, shifted (docs/FIDELITY.md defines each; default loose)")
+    p.add_argument("--concepts", help="comma-separated numbers of concepts per scene (1-8), e.g. 1,2,3,4,6,8: the "
+                                      "concept-count sweep on scenes of small objects, one table row each, and a "
+                                      "plot (default: the standard scenes of three large concepts)")
     p.set_defaults(run=cmd_fidelity)
 
 
@@ -110,19 +114,36 @@ def cmd_fidelity(args: argparse.Namespace) -> None:
     from .world import MASK_QUALITIES
 
     _check_toy_model(args.model)
-    variants = tuple(split_list(args.variants) or VARIANTS)
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise BASError(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     masks = tuple(split_list(args.masks) or ("loose",))
     unknown = [m for m in masks if m not in MASK_QUALITIES]
     if unknown:
         raise BASError(f"--masks: unknown {unknown}; choose from {list(MASK_QUALITIES)}")
+    concepts = _concept_counts(args.concepts)
+    # A sweep multiplies the runs by its length: by default it measures the method, not every ablation.
+    sweep = bool(concepts) or len(masks) > 1
+    variants = tuple(split_list(args.variants) or (("method",) if sweep else VARIANTS))
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise BASError(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     for name in ("scenes", "seeds", "images", "workers"):
         if getattr(args, name) < 1:
             raise BASError(f"--{name} must be at least 1, got {getattr(args, name)}")
     settings = FidelitySettings(variants=variants, scene_seeds=tuple(range(1, args.scenes + 1)),
                                 train_seeds=tuple(range(args.seeds)), phase1_steps=args.phase1_steps,
                                 phase2_steps=args.phase2_steps, image_seeds=tuple(range(args.images)),
-                                workers=args.workers, model_dir=args.model, masks=masks)
+                                workers=args.workers, model_dir=args.model, masks=masks, concepts=concepts)
     run_fidelity(args.out, settings)
+
+
+def _concept_counts(text: str | None) -> tuple[int, ...]:
+    """--concepts as numbers, or a BASError naming the flag and the bad item."""
+    from .world import MAX_CONCEPTS
+
+    counts = []
+    for item in split_list(text) or []:
+        if not item.isdigit() or not 1 <= int(item) <= MAX_CONCEPTS:
+            raise BASError(f"--concepts: {item!r} is not a number of concepts from 1 to {MAX_CONCEPTS}")
+        counts.append(int(item))
+    if len(set(counts)) != len(counts):
+        raise BASError(f"--concepts: {text!r} lists a count twice")
+    return tuple(counts)

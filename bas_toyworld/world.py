@@ -442,14 +442,45 @@ def make_demo_scene(seed: int = 0) -> DemoScene:
     """Three novel concepts (large, not overlapping) on a random background, plus loose masks."""
     rng = np.random.default_rng([seed, 1007])
     picks = rng.choice(len(NOVEL_CONCEPTS), size=3, replace=False)
-    concepts = [NOVEL_CONCEPTS[i] for i in picks]
+    return _extraction_scene(rng, [NOVEL_CONCEPTS[i] for i in picks], "large")
+
+
+#: most concepts one scene can hold: a scene's concepts need distinct colours (the judge tells them apart by colour)
+MAX_CONCEPTS = len(COLOURS)
+#: object size of the concept-count sweep's scenes, the same for every count so that counts compare: 8 large objects
+#: (radius 11.5 px) do not fit in 64 px (5 at most), 8 small ones (7.5 px) do
+SWEEP_OBJECT_SIZE = "small"
+
+
+def make_concept_scene(seed: int, n_concepts: int) -> DemoScene:
+    """A scene of ``n_concepts`` small concepts with loose masks, for ``bas fidelity --concepts``.
+
+    Up to 6 the concepts are novel (``NOVEL_CONCEPTS``, a random subset); beyond, the two colours the novel
+    concepts leave (red, blue) get a random shape and texture: pretraining combinations, the only way to have
+    7 or 8 concepts of distinct colours.
+    """
+    if not 1 <= n_concepts <= MAX_CONCEPTS:
+        raise ValueError(f"n_concepts must be 1..{MAX_CONCEPTS}, got {n_concepts}")
+    rng = np.random.default_rng([seed, n_concepts, 4441])
+    order = rng.permutation(len(NOVEL_CONCEPTS))
+    concepts = [NOVEL_CONCEPTS[i] for i in order[:n_concepts]]
+    spare_colours = [c for c in COLOURS if c not in {n.colour for n in NOVEL_CONCEPTS}]
+    for colour in spare_colours[:n_concepts - len(concepts)]:
+        concepts.append(Concept(SHAPES[int(rng.integers(len(SHAPES)))], colour,
+                                TEXTURES[int(rng.integers(len(TEXTURES)))]))
+    return _extraction_scene(rng, concepts, SWEEP_OBJECT_SIZE)
+
+
+def _extraction_scene(rng: np.random.Generator, concepts: list[Concept], size: str) -> DemoScene:
+    """Place ``concepts`` (not overlapping, 2 px apart) on a random background and paint each a loose mask
+    that keeps off the others."""
     scales = [float(1.0 + rng.uniform(-SIZE_JITTER, SIZE_JITTER)) for _ in concepts]
-    radii = [SIZES["large"] * k for k in scales]
+    radii = [SIZES[size] * k for k in scales]
     pts = None
     while pts is None:
         pts = _place(rng, radii, IMAGE_SIZE, 1.0, extra=2.0, tries=500)
     bg = str(list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))])
-    objs = tuple(ObjectSpec(c.shape, c.colour, c.texture, "large", x, y, k)
+    objs = tuple(ObjectSpec(c.shape, c.colour, c.texture, size, x, y, k)
                  for c, k, (x, y) in zip(concepts, scales, pts))
     spec = SceneSpec(objs, bg)
     image, masks = render_scene(spec)
@@ -460,7 +491,7 @@ def make_demo_scene(seed: int = 0) -> DemoScene:
             if j != i:  # a person painting object i avoids the other objects
                 m &= ~dilate4(other)
         loose.append(m)
-    return DemoScene(spec, image, masks, caption(spec), loose_masks=loose, concepts=concepts)
+    return DemoScene(spec, image, masks, caption(spec), loose_masks=loose, concepts=list(concepts))
 
 
 def make_heldout_scenes(n: int, seed: int = 0, allow_novel: bool = False) -> list[Scene]:
@@ -572,6 +603,6 @@ def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
 __all__ = [
     "IMAGE_SIZE", "SHAPES", "COLOURS", "TEXTURES", "SIZES", "BACKGROUNDS", "BACKGROUND_PHRASES",
     "NOVEL_CONCEPTS", "Concept", "ObjectSpec", "SceneSpec", "Scene", "DemoScene", "render_scene",
-    "random_spec", "caption", "make_scene", "make_demo_scene", "make_heldout_scenes", "is_novel",
+    "random_spec", "caption", "make_scene", "make_demo_scene", "make_concept_scene", "MAX_CONCEPTS", "make_heldout_scenes", "is_novel",
     "save_scene_dir", "degrade", "shape_coverage",
 ]

@@ -68,6 +68,11 @@ def test_prompt_cases():
     assert all(c.background != "beach" for c in cases if c.kind == "context")
     assert cases[3].prompt == "a photo of <asset0> and <asset1>" and cases[3].concepts == (0, 1)
     assert all(f"<asset{c.concepts[0]}>" in c.prompt for c in cases)
+    # eight concepts: a fixed sample of max_pairs of the 28 pairs, the same for the same seed
+    many = [c.concepts for c in prompt_cases(8, "beach", max_pairs=6, seed=4) if c.kind == "pair"]
+    assert len(many) == len(set(many)) == 6 and all(i < j < 8 for i, j in many)
+    assert many == [c.concepts for c in prompt_cases(8, "beach", max_pairs=6, seed=4) if c.kind == "pair"]
+    assert len([c for c in prompt_cases(3, "beach", max_pairs=6) if c.kind == "pair"]) == 3  # fewer: all of them
 
 
 def test_scores_of_rendered_truth():
@@ -228,19 +233,56 @@ def test_fidelity_mask_sweep_tiny_run_and_resume(tmp_path):
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
         "method_masks-exact_scene1_seed0.json", "method_masks-shifted_scene1_seed0.json"]
     assert "the exact mask moved by 4 px" in (tmp_path / "table.md").read_text()
+    assert result["plots"] == [str(tmp_path / "masks.png")] and _is_png(tmp_path / "masks.png")
     lines = []
     again = run_fidelity(tmp_path, settings, log=lines.append)
     assert lines[0].startswith("2 runs already done, 0 to run") and len(again["records"]) == 2
 
 
-def test_cli_demo_and_fidelity_errors(capsys):
+def _is_png(path) -> bool:
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        return picture.format == "PNG" and picture.size[0] > 500
+
+
+def test_fidelity_concept_sweep_tiny_run_and_resume(tmp_path):
+    from bas_toyworld.fidelity import FidelitySettings, run_fidelity
+
+    settings = FidelitySettings(variants=("method",), concepts=(1, 4), scene_seeds=(1,), train_seeds=(0,),
+                                phase1_steps=2, phase2_steps=2, image_seeds=(0,), sample_steps=2, workers=1)
+    result = run_fidelity(tmp_path, settings, log=lambda line: None)
+    by_count = {r["concepts"]: r for r in result["records"]}
+    assert sorted(by_count) == [1, 4]
+    # 1 concept: alone + context, no pair to score; 4 concepts: 4 alone, all 6 pairs, 4 contexts
+    assert len(by_count[1]["images"]) == 2 and math.isnan(by_count[1]["scores"]["pair_both_exact"])
+    assert len(by_count[4]["images"]) == 14 and len(by_count[4]["attention_iou_per_handle"]) == 4
+    assert "| method | 1 | 1 |" in result["table"] and "| method | 4 | 1 |" in result["table"]
+    assert "| – |" in result["table"]  # the pair scores of a one-concept scene: nothing to average
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "method_concepts-1_scene1_seed0.json", "method_concepts-4_scene1_seed0.json"]
+    assert result["plots"] == [str(tmp_path / "concepts.png")] and _is_png(tmp_path / "concepts.png")
+    assert "![concepts](concepts.png)" in (tmp_path / "table.md").read_text()
+    lines = []
+    again = run_fidelity(tmp_path, settings, log=lines.append)
+    assert lines[0].startswith("2 runs already done, 0 to run") and len(again["records"]) == 2
+    with pytest.raises(ValueError, match="concepts: 9 is not a whole number from 1 to 8"):
+        run_fidelity(tmp_path, FidelitySettings(concepts=(2, 9)), log=lambda line: None)
+
+
+def test_cli_demo_and_fidelity_errors(capsys, tmp_path):
     from bas_engine.cli import main
 
-    assert main(["fidelity", "--variants", "method,bogus", "--out", "unused"]) == 2
+    unused = str(tmp_path / "unused")
+    assert main(["fidelity", "--variants", "method,bogus", "--out", unused]) == 2
     assert "unknown ['bogus']" in capsys.readouterr().err
-    assert main(["fidelity", "--masks", "exact,blurry", "--out", "unused"]) == 2
+    assert main(["fidelity", "--masks", "exact,blurry", "--out", unused]) == 2
     assert "--masks: unknown ['blurry']" in capsys.readouterr().err
-    assert main(["demo", "--images", "0", "--out", "unused"]) == 2
+    for bad, message in [("0", "'0' is not a number of concepts from 1 to 8"), ("2,9", "'9' is not a number"),
+                         ("two", "'two' is not a number"), ("2,2", "lists a count twice")]:
+        assert main(["fidelity", "--concepts", bad, "--out", unused]) == 2
+        assert "--concepts: " in (err := capsys.readouterr().err) and message in err, err
+    assert main(["demo", "--images", "0", "--out", unused]) == 2
     assert "--images must be at least 1" in capsys.readouterr().err
-    assert main(["demo", "--model", "/nonexistent/model", "--out", "unused"]) == 2
+    assert main(["demo", "--model", "/nonexistent/model", "--out", unused]) == 2
     assert "does not exist" in capsys.readouterr().err

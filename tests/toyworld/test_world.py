@@ -5,7 +5,7 @@ import pytest
 
 from bas_toyworld.world import (
     BACKGROUNDS, COLOURS, IMAGE_SIZE, NOVEL_CONCEPTS, SHAPES, TEXTURES, DemoScene, SceneSpec, caption, is_novel,
-    make_demo_scene, make_heldout_scenes, random_spec, render_scene, save_scene_dir, shape_coverage,
+    MAX_CONCEPTS, make_concept_scene, make_demo_scene, make_heldout_scenes, random_spec, render_scene, save_scene_dir, shape_coverage,
 )
 
 
@@ -92,6 +92,30 @@ def test_demo_scene(tmp_path):
     assert {f.name for f in p.iterdir()} == {"img.png", "mask0.png", "mask1.png", "mask2.png", "spec.json"}
     meta = json.loads((p / "spec.json").read_text())
     assert SceneSpec.from_json(meta["spec"]) == make_demo_scene(0).spec
+
+
+def test_concept_scenes_for_the_concept_sweep():
+    from bas_toyworld import judge
+
+    assert MAX_CONCEPTS == 8
+    for n in range(1, MAX_CONCEPTS + 1):
+        for seed in (1, 2):
+            d = make_concept_scene(seed, n)
+            assert len(d.concepts) == len(d.spec.objects) == len(d.loose_masks) == n
+            assert len({c.colour for c in d.concepts}) == n  # the judge tells a scene's concepts apart by colour
+            assert all(o.size == "small" for o in d.spec.objects)  # one size for every count
+            # novel while there are novel concepts left (6), pretraining combinations in the spare colours beyond
+            assert sum(is_novel(c) for c in d.concepts) == min(n, len(NOVEL_CONCEPTS))
+            det = judge.detect(d.image)
+            assert all(judge.identity(det, c) == 1.0 for c in d.concepts)  # each drawn whole, none hidden
+            for i, (exact, loose) in enumerate(zip(d.masks, d.loose_masks)):
+                assert exact.sum() > 50 and (exact & loose).sum() / exact.sum() > 0.95
+                assert not any((loose & other).any() for j, other in enumerate(d.masks) if j != i)
+    again = make_concept_scene(2, 8)
+    assert again.spec == make_concept_scene(2, 8).spec and again.spec != make_concept_scene(3, 8).spec
+    for bad in (0, MAX_CONCEPTS + 1):
+        with pytest.raises(ValueError, match="n_concepts must be 1..8"):
+            make_concept_scene(1, bad)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
