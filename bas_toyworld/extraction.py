@@ -44,10 +44,10 @@ class ScoredImage:
     image: np.ndarray                  # uint8 HxWx3
     seed: int
     identity: float                    # mean over the requested concepts
-    leakage: float                     # fraction of the not-requested scene concepts that appear
+    leakage: float                     # fraction of the not-requested scene concepts that appear (NaN: none)
     fidelity: float | None             # context prompts only
     identities: tuple[float, ...] = ()  # identity of each requested concept
-    leakage_partial: float = 0.0       # like leakage, counting a concept with 2 of its 3 attributes
+    leakage_partial: float = float("nan")  # like leakage, counting a concept with 2 of its 3 attributes
 
 
 @dataclass
@@ -56,7 +56,7 @@ class CaseResult:
     images: list[ScoredImage]
 
     def mean(self, score: str) -> float:
-        values = [getattr(i, score) for i in self.images if getattr(i, score) is not None]
+        values = [v for i in self.images if (v := getattr(i, score)) is not None and not np.isnan(v)]
         return float(np.mean(values)) if values else float("nan")
 
 
@@ -214,10 +214,11 @@ def score_image(image: np.ndarray, case: PromptCase, demo: DemoScene, seed: int 
     asked = [demo.concepts[i] for i in case.concepts]
     others = [c for i, c in enumerate(demo.concepts) if i not in case.concepts]
     identities = tuple(judge.identity(det, c) for c in asked)
-    leak = judge.leakage(det, others) if others else 0.0
+    # A one-concept scene has nothing to leak: no figure rather than a perfect one.
+    leak = judge.leakage(det, others) if others else float("nan")
     # The concepts of a demo scene have distinct colours, so 2 of 3 attributes of a concept not asked
     # for (its colour with its shape or texture) is that concept showing up, drawn imperfectly.
-    leak_partial = judge.leakage(det, others, threshold=2 / 3) if others else 0.0
+    leak_partial = judge.leakage(det, others, threshold=2 / 3) if others else float("nan")
     fid = judge.prompt_fidelity(det, case.background) if case.background else None
     return ScoredImage(image, seed, float(np.mean(identities)), leak, fid, identities, leak_partial)
 
@@ -238,8 +239,8 @@ def summary_scores(results: Sequence[CaseResult], ious: Sequence[float]) -> dict
     pair_both = [float(i.identity >= 1.0 - 1e-9) for i in pairs]
     pair_both_2of3 = [float(min(i.identities or (i.identity,)) >= 2 / 3 - 1e-9) for i in pairs]
     singles = [i for r in results if r.case.kind in ("alone", "context") for i in r.images]
-    leak = [i.leakage for i in singles]
-    leak_partial = [i.leakage_partial for i in singles]
+    leak = [i.leakage for i in singles if not np.isnan(i.leakage)]
+    leak_partial = [i.leakage_partial for i in singles if not np.isnan(i.leakage_partial)]
     return {
         "identity_alone": mean_of("alone", "identity"),
         "identity_pair": mean_of("pair", "identity"),

@@ -109,12 +109,17 @@ def test_summary_scores_keys():
                CaseResult(PromptCase("pair", "b", (0, 1)), [ScoredImage(img, 0, 1.0, 0.0, None, (1.0, 1.0)),
                                                             ScoredImage(img, 1, 5 / 6, 0.0, None, (1.0, 2 / 3)),
                                                             ScoredImage(img, 2, 2 / 3, 0.0, None, (1.0, 1 / 3))]),
-               CaseResult(PromptCase("context", "c", (1,), "night"), [ScoredImage(img, 0, 0.5, 0.0, 1.0, (0.5,))])]
+               CaseResult(PromptCase("context", "c", (1,), "night"), [ScoredImage(img, 0, 0.5, 0.0, 1.0, (0.5,), 0.0)])]
     s = summary_scores(results, [0.2, 0.4])
     assert set(s) == set(SCORE_HELP)
     assert s["identity_alone"] == 1.0 and s["prompt_fidelity"] == 1.0
     assert math.isclose(s["pair_both_exact"], 1 / 3) and math.isclose(s["pair_both_2of3"], 2 / 3)
     assert s["leakage"] == 0.25 and s["leakage_2of3"] == 0.5 and math.isclose(s["attention_iou"], 0.3)
+    # a one-concept scene: nothing can leak, so no leakage figure (NaN), not a perfect 0
+    alone = [CaseResult(PromptCase("alone", "a", (0,)), [ScoredImage(img, 0, 1.0, float("nan"), None, (1.0,))])]
+    lone = summary_scores(alone, [0.5])
+    assert math.isnan(lone["leakage"]) and math.isnan(lone["leakage_2of3"]) and math.isnan(lone["pair_both_exact"])
+    assert alone[0].mean("leakage") != alone[0].mean("leakage")  # NaN: the mean over no figures
 
 
 def test_short_demo_run(tmp_path):
@@ -256,6 +261,7 @@ def test_fidelity_concept_sweep_tiny_run_and_resume(tmp_path):
     assert sorted(by_count) == [1, 4]
     # 1 concept: alone + context, no pair to score; 4 concepts: 4 alone, all 6 pairs, 4 contexts
     assert len(by_count[1]["images"]) == 2 and math.isnan(by_count[1]["scores"]["pair_both_exact"])
+    assert math.isnan(by_count[1]["scores"]["leakage"])  # nothing to leak: no figure rather than a perfect one
     assert len(by_count[4]["images"]) == 14 and len(by_count[4]["attention_iou_per_handle"]) == 4
     assert "| method | 1 | 1 |" in result["table"] and "| method | 4 | 1 |" in result["table"]
     assert "| – |" in result["table"]  # the pair scores of a one-concept scene: nothing to average
