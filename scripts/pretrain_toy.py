@@ -187,7 +187,8 @@ def averaged_copies(ema: EMAModel, modules: list[torch.nn.Module]) -> list[torch
 
 def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: SceneStream, steps: int, batch: int,
                     lr: float, text_lr: float, deadline: float | None, seed: int, log: dict, offset_noise: float = 0.0,
-                    high_noise_weight: float = 1.0, checkpoint=None, checkpoint_every: int = 0,
+                    high_noise_weight: float = 1.0, object_weight: float = 1.0, checkpoint=None,
+                    checkpoint_every: int = 0,
                     stop_at: int | None = None, saver: StateSaver | None = None, common_state=None,
                     step_offset: int = 0, resume: dict | None = None, val_every: int = 200) -> EMAModel:
     gen = torch.Generator().manual_seed(seed + 1)
@@ -222,7 +223,10 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
             break
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, g["base"], 100)
-        x, caps = stream.batch(batch)
+        if object_weight != 1.0:
+            x, caps, objects = stream.batch(batch, with_masks=True)
+        else:
+            x, caps = stream.batch(batch)
         caps = ["" if drop_rng.random() < 0.1 else c for c in caps]  # unconditional for CFG
         ids = tokenizer(caps, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids
@@ -244,7 +248,11 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
             # Epsilon loss barely penalises a wrong x0 at high noise (x0 error is scaled by snr),
             # which is exactly where the caption matters; boost those steps like a v-loss, capped.
             w = w * torch.clamp(1 + 1 / snr, max=high_noise_weight)
-        loss = (w * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        if object_weight != 1.0:
+            per_image = object_weighted_mse(pred, noise, objects, object_weight)
+        else:
+            per_image = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (w * per_image).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
@@ -269,6 +277,18 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
     unet.eval()
     text_encoder.eval()
     return ema
+
+
+def object_weighted_mse(pred: torch.Tensor, target: torch.Tensor, objects: torch.Tensor, weight: float) -> torch.Tensor:
+    """Per-image MSE with the objects' latent pixels (and a 1-pixel rim, where outlines are decided) counting
+    ``weight`` times: the objects are 4-15 % of a picture, and the backgrounds' fine, unpredictable detail (night
+    stars, grass blades) otherwise takes most of the loss, while a shape is a few latent pixels of outline."""
+    factor = objects.shape[-1] // pred.shape[-1]
+    inside = (F.avg_pool2d(objects, factor) > 0).float()
+    rim = F.max_pool2d(inside, 3, stride=1, padding=1)
+    weights = 1.0 + (weight - 1.0) * rim
+    err = F.mse_loss(pred, target, reduction="none").mean(dim=1, keepdim=True)
+    return (weights * err).sum(dim=(1, 2, 3)) / weights.sum(dim=(1, 2, 3))
 
 
 @torch.no_grad()
@@ -379,6 +399,8 @@ def write_recipe(model_dir: Path, log: dict, argv: list[str]) -> None:
         "vae_psnr_db": log.get("vae_psnr_db"), "init_from": log.get("init_from"), "conditioning_gap": log.get("val", [])[-1:],
         "train_minutes": round(log["train_minutes"], 1), "weights_mb": round(log["weights_mb"], 2),
         "weights_sha256": digests, "preview": log.get("preview"),
+        # a forked run: the command above up to the step named, then these options changed (--fork --resume)
+        "forks": log.get("forks", []),
         "note": "Saved weights are the EMA of the UNet and text encoder; fp16. Runs are deterministic for a "
                 "seed and step plan on one machine; another CPU gives close, not bitwise-equal, weights.",
     }
@@ -412,6 +434,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--high-noise-weight", type=float, default=5.0,
                     help="cap of the extra (1 + 1/snr) loss weight on noisy steps; 1 = plain min-SNR-5")
     ap.add_argument("--offset-noise", type=float, default=0.0, help="per-channel offset noise strength")
+    ap.add_argument("--object-weight", type=float, default=1.0,
+                    help="weight of the objects' latent pixels (with a 1-pixel rim) in the UNet loss; 1 = plain")
     ap.add_argument("--unet-stop-at", type=int, default=None,
                     help="end the UNet phase after this many steps without changing the planned schedule "
                          "(reproduces a run that the wall-clock deadline cut short)")
@@ -423,6 +447,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="write the full training state to OUT/state.pt every M minutes of wall clock (0 = never)")
     ap.add_argument("--resume", action="store_true",
                     help="continue from OUT/state.pt (same options as the run that wrote it) exactly where it was")
+    ap.add_argument("--fork", action="store_true",
+                    help="with --resume: continue from OUT/state.pt with other training options (a new run that "
+                         "shares the start; copy the state into a new --out first); the changes go in the log")
     ap.add_argument("--halt-at", type=int, default=None,
                     help="stop after writing the state at this global step, as if interrupted (tests of --resume)")
     ap.add_argument("--val-every", type=int, default=200,
@@ -442,6 +469,11 @@ def main(argv: list[str] | None = None) -> dict:
             ap.error(f"--count-weights: expected numbers like 0.5,0.25,0.15,0.1, got {a.count_weights!r}")
         if any(w < 0 for w in count_weights) or sum(count_weights) <= 0:
             ap.error(f"--count-weights: weights must be >= 0 with a positive sum, got {a.count_weights!r}")
+    if a.fork and not a.resume:
+        ap.error("--fork continues a run's state with other options: give --resume too (and a copy of the state in "
+                 "the new --out)")
+    if a.object_weight <= 0:
+        ap.error(f"--object-weight must be above 0, got {a.object_weight}")
     if a.no_deadline and ((a.vae_steps is None and not a.init_from) or a.unet_steps is None):
         ap.error("--no-deadline needs --vae-steps and --unet-steps (the plan from --minutes assumes a deadline)")
 
@@ -456,8 +488,14 @@ def main(argv: list[str] | None = None) -> dict:
             ap.error(f"--resume: no training state at {out / STATE_FILE}")
         state = torch.load(out / STATE_FILE, weights_only=False)
         before = state["log"]["args"]
-        differ = [k for k in vars(a) if k not in RESUME_FREE_OPTIONS and before.get(k) != getattr(a, k)]
-        if differ:
+        # an option added after the state was written reads as its default, which reproduces the old behaviour
+        differ = [k for k in vars(a) if k not in RESUME_FREE_OPTIONS + ("fork",)
+                  and before.get(k, ap.get_default(k)) != getattr(a, k)]
+        if differ and a.fork:
+            forked = {k: [before.get(k, ap.get_default(k)), getattr(a, k)] for k in differ}
+            print(f"fork of the run in {out / STATE_FILE}: " + ", ".join(f"--{k.replace('_', '-')} {v[0]!r} -> {v[1]!r}"
+                                                                        for k, v in forked.items()), flush=True)
+        elif differ:
             ap.error("--resume: options differ from the run that wrote the state: " + ", ".join(
                 f"--{k.replace('_', '-')} {before.get(k)!r} there, {getattr(a, k)!r} here" for k in differ))
     vae_steps, unet_steps = plan(a.minutes)
@@ -488,6 +526,10 @@ def main(argv: list[str] | None = None) -> dict:
         stream.set_state(state["stream"])
         torch.set_rng_state(state["torch_rng"])
         log, phase, seconds_before = state["log"], state["phase"], state["train_seconds"]
+        if a.fork and differ:
+            log.setdefault("forks", []).append({"at_step": state["phase_state"]["step"], "phase": phase,
+                                                "changed": forked})
+            log["args"] = vars(a)
         print(f"resumed from {out / STATE_FILE}: {phase} phase, step {state['phase_state']['step']}", flush=True)
 
     saver = StateSaver(out / STATE_FILE, a.state_every, a.state_minutes, a.halt_at) if (
@@ -530,7 +572,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         ema = train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream, unet_steps, a.batch, a.lr,
                               a.text_lr, end, a.seed, log, offset_noise=a.offset_noise,
-                              high_noise_weight=a.high_noise_weight, checkpoint=checkpoint,
+                              high_noise_weight=a.high_noise_weight, object_weight=a.object_weight,
+                              checkpoint=checkpoint,
                               checkpoint_every=a.checkpoint_every, stop_at=a.unet_stop_at, saver=saver,
                               common_state=common_state, step_offset=log["vae_steps"],
                               resume=state["phase_state"] if state is not None and phase == "unet" else None,

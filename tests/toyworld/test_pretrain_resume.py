@@ -102,3 +102,38 @@ def test_init_from_takes_the_vae_as_is_and_starts_the_text_encoder_from_it(tmp_p
     recipe = json.loads((tmp_path / "w" / "model" / "pretrain.json").read_text())
     assert recipe["init_from"]["weights_sha256"]["vae"] == hashlib.sha256(
         (v1 / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
+
+
+def test_object_weighted_mse(pretrain_script):
+    """The objects' latent pixels and a 1-pixel rim count `weight` times; weight 1 is the plain MSE."""
+    pred, target = torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 8)
+    target[:, :, 0, 0] = 1.0                     # error only in a background corner
+    objects = torch.zeros(1, 1, 16, 16)
+    objects[:, :, 8:10, 8:10] = 1.0              # an object at latent pixel (4, 4): it and its rim are 9 pixels
+    plain = pretrain_script.object_weighted_mse(pred, target, objects, 1.0)
+    assert torch.allclose(plain, torch.nn.functional.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)))
+    weighted = pretrain_script.object_weighted_mse(pred, target, objects, 5.0)
+    assert torch.allclose(weighted, torch.tensor([1.0 / (64 + 4 * 9)]))  # background error, more total weight
+    target.zero_()
+    target[:, :, 3, 5] = 1.0                     # error on the rim
+    assert torch.allclose(pretrain_script.object_weighted_mse(pred, target, objects, 5.0), torch.tensor([5.0 / 100]))
+
+
+def test_fork_continues_a_state_with_other_options(tmp_path, capsys, pretrain_script):
+    """--fork --resume: the same start, other training options from the state's step on, recorded in the log and
+    the recipe; without --fork the same change is refused, and --fork alone is an error."""
+    mod = pretrain_script
+    assert mod.main(["--out", str(tmp_path / "a"), "--halt-at", "4"] + TINY) == {"halted_at": 4}
+    with pytest.raises(SystemExit):
+        mod.main(["--out", str(tmp_path / "a"), "--resume", "--object-weight", "3"] + TINY)
+    assert "--object-weight 1.0 there, 3.0 here" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        mod.main(["--out", str(tmp_path / "b"), "--fork", "--object-weight", "3"] + TINY)
+    assert "give --resume too" in capsys.readouterr().err
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "state.pt").write_bytes((tmp_path / "a" / "state.pt").read_bytes())
+    log = mod.main(["--out", str(tmp_path / "b"), "--resume", "--fork", "--object-weight", "3"] + TINY)
+    assert log["unet_steps"] == 4 and log["forks"] == [{"at_step": 1, "phase": "unet", "changed":
+                                                       {"object_weight": [1.0, 3.0]}}]
+    recipe = json.loads((tmp_path / "b" / "model" / "pretrain.json").read_text())
+    assert recipe["forks"] == log["forks"] and recipe["args"]["object_weight"] == 3.0
