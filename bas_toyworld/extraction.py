@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -84,7 +85,9 @@ class AttentionHistory:
         """Mean of each handle's map over the last ``last`` snapshots: one step's map depends on its
         random timestep, the mean is the steadier picture of where a handle looks."""
         stack = np.stack(self.maps[-last:])
-        return np.nanmean(stack, axis=0)
+        with warnings.catch_warnings():  # a handle no step has chosen yet (a very short run) stays NaN, silently
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(stack, axis=0)
 
 
 def engine_scene(demo: DemoScene, names: Sequence[str] | None = None, initializers: Sequence[str | None] | None = None):

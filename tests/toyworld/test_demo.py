@@ -254,19 +254,19 @@ def _is_png(path) -> bool:
 def test_fidelity_concept_sweep_tiny_run_and_resume(tmp_path):
     from bas_toyworld.fidelity import FidelitySettings, run_fidelity
 
-    settings = FidelitySettings(variants=("method",), concepts=(1, 4), scene_seeds=(1,), train_seeds=(0,),
+    settings = FidelitySettings(variants=("method",), concepts=(1, 8), scene_seeds=(1,), train_seeds=(0,),
                                 phase1_steps=2, phase2_steps=2, image_seeds=(0,), sample_steps=2, workers=1)
     result = run_fidelity(tmp_path, settings, log=lambda line: None)
     by_count = {r["concepts"]: r for r in result["records"]}
-    assert sorted(by_count) == [1, 4]
-    # 1 concept: alone + context, no pair to score; 4 concepts: 4 alone, all 6 pairs, 4 contexts
+    assert sorted(by_count) == [1, 8]
+    # 1 concept: alone + context, no pair to score; 8 concepts: 8 alone, 6 of the 28 pairs, 8 contexts
     assert len(by_count[1]["images"]) == 2 and math.isnan(by_count[1]["scores"]["pair_both_exact"])
     assert math.isnan(by_count[1]["scores"]["leakage"])  # nothing to leak: no figure rather than a perfect one
-    assert len(by_count[4]["images"]) == 14 and len(by_count[4]["attention_iou_per_handle"]) == 4
-    assert "| method | 1 | 1 |" in result["table"] and "| method | 4 | 1 |" in result["table"]
+    assert len(by_count[8]["images"]) == 22 and len(by_count[8]["attention_iou_per_handle"]) == 8
+    assert "| method | 1 | 1 |" in result["table"] and "| method | 8 | 1 |" in result["table"]
     assert "| – |" in result["table"]  # the pair scores of a one-concept scene: nothing to average
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
-        "method_concepts-1_scene1_seed0.json", "method_concepts-4_scene1_seed0.json"]
+        "method_concepts-1_scene1_seed0.json", "method_concepts-8_scene1_seed0.json"]
     assert result["plots"] == [str(tmp_path / "concepts.png")] and _is_png(tmp_path / "concepts.png")
     assert "![concepts](concepts.png)" in (tmp_path / "table.md").read_text()
     lines = []
