@@ -10,7 +10,9 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .errors import ModelError
-from .families import FAMILIES, SD1, Family, TextEncoderSpec, family_for_unet, get_family, supported_labels
+from .families import (
+    FAMILIES, SD1, SELF_CONTAINED_ADDITIONS, Family, TextEncoderSpec, family_for_unet, get_family, supported_labels,
+)
 
 
 @dataclass
@@ -85,7 +87,7 @@ def detect_family(unet: UNet2DConditionModel) -> str:
     family = family_for_unet(int(context), extra)
     if family is not None:
         return family.key
-    if extra is None:
+    if extra is None or extra in SELF_CONTAINED_ADDITIONS:
         return SD1.key
     # Small test models of a family with extra conditioning (SDXL-shaped, other widths)
     for family in FAMILIES.values():

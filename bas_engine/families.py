@@ -144,8 +144,16 @@ def family_label(key: str) -> str:
     return FAMILIES[key].label if key in FAMILIES else key
 
 
+#: diffusers ``addition_embed_type`` values that a UNet computes from the text token states alone, so the caller
+#: passes nothing more and the family is the one without extra conditioning: "text" attention-pools the token states
+#: into a vector added to the time embedding (DeepFloyd IF's design; the toy world's v2t model)
+SELF_CONTAINED_ADDITIONS = ("text",)
+
+
 def family_for_unet(context_dim: int, addition_embed_type: str | None = None) -> Family | None:
     """The family of a UNet with this cross-attention width and extra conditioning; None when none fits."""
+    if addition_embed_type in SELF_CONTAINED_ADDITIONS:
+        addition_embed_type = None
     for family in FAMILIES.values():
         if family.context_dim == context_dim and family.addition_embed_type == addition_embed_type:
             return family
