@@ -54,9 +54,10 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     assert "halted after step 5" in _run(tmp_path / "cut", "--resume", "--halt-at", "5")
     _run(tmp_path / "cut", "--resume", "--state-every", "1")
     # The same weights and training losses as the run that never stopped, up to float rounding: two uninterrupted
-    # runs of this command already differ that much on this CPU (fp16 weights up to 1.2e-4 apart, losses 2e-5
-    # relative: oneDNN's kernel choice varies between processes), while the resume itself adds nothing. The
-    # bounds are those the in-process version of this test had (weights 1e-3, losses 1e-4 relative).
+    # runs of this command already differ that much on this CPU (fp16 weights up to 1.2e-4 apart; losses 2e-5
+    # relative in one pair of runs, 2.1e-4 in a clean-clone CI run on a loaded machine: oneDNN's kernel choice
+    # varies between processes), while the resume itself adds nothing. A resume that got any state wrong (a
+    # generator, the optimizer, the stream position) changes the losses by percents, far outside 1e-3.
     a, b = _weights(tmp_path / "full" / "model"), _weights(tmp_path / "cut" / "model")
     assert a.keys() == b.keys()
     diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
@@ -65,7 +66,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     got, want = _trained(resumed), _trained(full)
     assert got["vae_steps"] == want["vae_steps"] and got["unet_steps"] == want["unet_steps"]
     for key in ("vae_loss", "unet_loss", "vae_scaling_factor", "vae_psnr_db"):
-        assert got[key] == pytest.approx(want[key], rel=1e-4), key
+        assert got[key] == pytest.approx(want[key], rel=1e-3), key
     assert _close_val(resumed["val"], full["val"])
     # No temporary files left beside the state; the recipe is the original command, without --resume/--halt-at.
     assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["model", "state.pt", "train_log.json"]
