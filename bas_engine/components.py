@@ -84,10 +84,12 @@ def detect_family(unet: UNet2DConditionModel) -> str:
     if isinstance(context, (list, tuple)):
         context = context[0]
     extra = getattr(unet.config, "addition_embed_type", None)
+    if extra in SELF_CONTAINED_ADDITIONS:  # computed by the UNet from the token states: nothing for us to supply
+        extra = None
     family = family_for_unet(int(context), extra)
     if family is not None:
         return family.key
-    if extra is None or extra in SELF_CONTAINED_ADDITIONS:
+    if extra is None:
         return SD1.key
     # Small test models of a family with extra conditioning (SDXL-shaped, other widths)
     for family in FAMILIES.values():

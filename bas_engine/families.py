@@ -152,8 +152,6 @@ SELF_CONTAINED_ADDITIONS = ("text",)
 
 def family_for_unet(context_dim: int, addition_embed_type: str | None = None) -> Family | None:
     """The family of a UNet with this cross-attention width and extra conditioning; None when none fits."""
-    if addition_embed_type in SELF_CONTAINED_ADDITIONS:
-        addition_embed_type = None
     for family in FAMILIES.values():
         if family.context_dim == context_dim and family.addition_embed_type == addition_embed_type:
             return family
