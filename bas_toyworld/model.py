@@ -9,7 +9,8 @@ loader take it unchanged), scaled down to train on a 2-core CPU in well under an
   Break-A-Scene's attention loss reads (16x16 of SD's 64x64 latents);
 * CLIP text encoder of width 768 (so the engine's family detection sees "sd1": context 768) but
   only 2 layers, a narrow MLP and 40 positions, with the toy world's word-level tokenizer;
-* DDPMScheduler with SD 1.x's scaled-linear betas and epsilon prediction.
+* DDPMScheduler with SD 1.x's scaled-linear betas and epsilon prediction (v1, v2); "v2v" predicts v on the
+  same betas rescaled to zero terminal SNR (Lin et al. 2023), as SD 2.x's v models and later SD fine-tunes do.
 """
 from __future__ import annotations
 
@@ -36,6 +37,13 @@ class ToyModelConfig:
     # addition_embed_type="text", as DeepFloyd IF; SDXL's pooled text input plays the same part), with this many
     # pooling heads: a global pathway that tells every ResNet block what the caption asks for
     text_pooling_heads: int = 0
+    # What the UNet predicts, and whether the betas are rescaled so that the last timestep is pure noise. SD's
+    # schedule keeps ~7 % of the image at t=999; over a 32x32 latent that leaks an image's layout and colours
+    # (averaged over an object's ~50 latent pixels it is visible), so the model learns to read them off the noise
+    # instead of making them from the caption, and from pure noise at sampling time it reads chance. Zero terminal
+    # SNR removes the leak; epsilon is undefined there, hence v prediction with it.
+    prediction_type: str = "epsilon"
+    zero_terminal_snr: bool = False
     text_dim: int = 768  # must equal SD 1.x's context width for the engine's family detection
     text_layers: int = 2
     text_heads: int = 12
@@ -55,6 +63,13 @@ class ToyModelConfig:
         """Latent-space sizes at which the UNet has cross-attention."""
         return [self.latent_size // 2**i for i in range(1, len(self.unet_channels))]
 
+    def __post_init__(self) -> None:
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', not {self.prediction_type!r}")
+        if self.zero_terminal_snr and self.prediction_type == "epsilon":
+            raise ValueError("zero_terminal_snr needs prediction_type='v_prediction' (epsilon is undefined at the "
+                             "pure-noise step)")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -72,6 +87,9 @@ TOY_CONFIGS: dict[str, ToyModelConfig] = {
     # (bas_toyworld/weights/PRETRAIN_V2.md); the 8x8 level is narrowed to 144 to stay under 40 MB (~39.3 MB)
     "v2t": ToyModelConfig(unet_channels=(32, 96, 144), unet_heads=(1, 3, 4), unet_layers=(1, 2, 2),
                           text_pooling_heads=12),
+    # v2 with v prediction on a zero-terminal-SNR schedule (same UNet; can continue a v2 run's state)
+    "v2v": ToyModelConfig(unet_channels=(32, 96, 160), unet_heads=(1, 3, 5), unet_layers=(1, 2, 2),
+                          prediction_type="v_prediction", zero_terminal_snr=True),
 }
 
 
@@ -130,12 +148,15 @@ def build_text_encoder(cfg: ToyModelConfig, tokenizer) -> "CLIPTextModel":
     return CLIPTextModel(tcfg)
 
 
-def build_scheduler() -> "DDPMScheduler":
+def build_scheduler(cfg: ToyModelConfig | None = None) -> "DDPMScheduler":
+    """The training scheduler of a design (default v1's: SD 1.x's)."""
     from diffusers import DDPMScheduler
 
+    cfg = cfg or ToyModelConfig()
+    schedule = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"} if cfg.zero_terminal_snr else {}
     return DDPMScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        prediction_type="epsilon", clip_sample=False, steps_offset=1,
+        prediction_type=cfg.prediction_type, clip_sample=False, steps_offset=1, **schedule,
     )
 
 

@@ -187,7 +187,8 @@ def averaged_copies(ema: EMAModel, modules: list[torch.nn.Module]) -> list[torch
 
 def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: SceneStream, steps: int, batch: int,
                     lr: float, text_lr: float, deadline: float | None, seed: int, log: dict, offset_noise: float = 0.0,
-                    high_noise_weight: float = 1.0, object_weight: float = 1.0, checkpoint=None,
+                    high_noise_weight: float = 1.0, object_weight: float = 1.0, high_t_share: float = 0.0,
+                    checkpoint=None,
                     checkpoint_every: int = 0,
                     stop_at: int | None = None, saver: StateSaver | None = None, common_state=None,
                     step_offset: int = 0, resume: dict | None = None, val_every: int = 200) -> EMAModel:
@@ -237,21 +238,21 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
         if offset_noise > 0:  # per-image, per-channel constant: hides the global colour at any t
             noise = noise + offset_noise * torch.randn(batch, lat.shape[1], 1, 1, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen)
+        if high_t_share > 0:
+            # Outlines are decided in the noisy upper half of the schedule (scripts/x0_probe.py: every model keeps
+            # a shape it is shown up to t~600 and makes none at t>=800): spend more of the steps there.
+            n_t = scheduler.config.num_train_timesteps
+            upper = torch.randint(n_t // 2, n_t, (batch,), generator=gen)
+            t = torch.where(torch.rand(batch, generator=gen) < high_t_share, upper, t)
         noisy = scheduler.add_noise(lat, noise, t)
         ctx = text_encoder(ids)[0]
         pred = unet(noisy, t, ctx).sample
-        # Min-SNR-5 weighting: stops the many easy low-noise steps from dominating; converges
-        # markedly faster for small budgets.
-        snr = acp[t] / (1 - acp[t])
-        w = torch.clamp(snr, max=5.0) / snr
-        if high_noise_weight > 1:
-            # Epsilon loss barely penalises a wrong x0 at high noise (x0 error is scaled by snr),
-            # which is exactly where the caption matters; boost those steps like a v-loss, capped.
-            w = w * torch.clamp(1 + 1 / snr, max=high_noise_weight)
+        target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(lat, noise, t)
+        w = loss_weight(acp[t], scheduler.config.prediction_type, high_noise_weight)
         if object_weight != 1.0:
-            per_image = object_weighted_mse(pred, noise, objects, object_weight)
+            per_image = object_weighted_mse(pred, target, objects, object_weight)
         else:
-            per_image = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+            per_image = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
         loss = (w * per_image).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -277,6 +278,23 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
     unet.eval()
     text_encoder.eval()
     return ema
+
+
+def loss_weight(alphas_cumprod: torch.Tensor, prediction_type: str, high_noise_weight: float) -> torch.Tensor:
+    """Per-image weight of the denoising MSE at noise levels with these cumulative alphas.
+
+    Epsilon: min-SNR-5 (stops the many easy low-noise steps from dominating; converges markedly faster for small
+    budgets) times a capped (1 + 1/snr) boost of noisy steps: epsilon loss weighs a wrong x0 by the snr, which all
+    but ignores the noisy steps where the caption matters. v (zero terminal SNR, snr 0 at the last step): the
+    weight that makes the loss weigh a wrong x0 by clamp(snr, 1, 5) (v loss weighs it by snr + 1), i.e.
+    min-SNR-5 with the noisy steps counting like snr 1, the pure-noise step included."""
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    if prediction_type == "v_prediction":
+        return torch.clamp(snr, 1.0, 5.0) / (snr + 1)
+    w = torch.clamp(snr, max=5.0) / snr
+    if high_noise_weight > 1:
+        w = w * torch.clamp(1 + 1 / snr, max=high_noise_weight)
+    return w
 
 
 def object_weighted_mse(pred: torch.Tensor, target: torch.Tensor, objects: torch.Tensor, weight: float) -> torch.Tensor:
@@ -316,8 +334,10 @@ def _validation_batch(vae, tokenizer, scheduler, seed: int, n: int = 32) -> dict
     lat1 = vae.encode(x1).latent_dist.mean * vae.config.scaling_factor
     noise1 = torch.randn(lat1.shape, generator=gen)
     t1 = torch.randint(200, 800, (n,), generator=gen)
-    return {"noisy": scheduler.add_noise(lat, noise, t), "noise": noise, "t": t, "ids": enc(caps), "empty": enc([""] * n),
-            "shape": {"noisy": scheduler.add_noise(lat1, noise1, t1), "noise": noise1, "t": t1,
+    target = (lambda x0, eps, ts: eps) if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity
+    return {"noisy": scheduler.add_noise(lat, noise, t), "target": target(lat, noise, t), "t": t, "ids": enc(caps),
+            "empty": enc([""] * n),
+            "shape": {"noisy": scheduler.add_noise(lat1, noise1, t1), "target": target(lat1, noise1, t1), "t": t1,
                       "ids": enc([caption(s) for s in singles]), "other": enc([caption(s) for s in others])}}
 
 
@@ -332,10 +352,10 @@ def _conditioning_gap(unet, text_encoder, val: dict) -> dict:
     out = {}
     for key in ("ids", "empty"):
         pred = unet(val["noisy"], val["t"], text_encoder(val[key])[0]).sample
-        out["loss_caption" if key == "ids" else "loss_empty"] = F.mse_loss(pred, val["noise"]).item()
+        out["loss_caption" if key == "ids" else "loss_empty"] = F.mse_loss(pred, val["target"]).item()
     out["gap"] = out["loss_empty"] - out["loss_caption"]
     sv = val["shape"]
-    losses = [F.mse_loss(unet(sv["noisy"], sv["t"], text_encoder(sv[key])[0]).sample, sv["noise"]).item()
+    losses = [F.mse_loss(unet(sv["noisy"], sv["t"], text_encoder(sv[key])[0]).sample, sv["target"]).item()
               for key in ("ids", "other")]
     out["shape_gap"] = losses[1] - losses[0]
     unet.train(was)
@@ -433,6 +453,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="comma-separated P(1..k objects) of pretraining scenes (default the world's 35/30/20/15 %%)")
     ap.add_argument("--high-noise-weight", type=float, default=5.0,
                     help="cap of the extra (1 + 1/snr) loss weight on noisy steps; 1 = plain min-SNR-5")
+    ap.add_argument("--high-t-share", type=float, default=0.0,
+                    help="share of the UNet's training images whose timestep is drawn from the upper (noisier) half "
+                         "of the schedule instead of the whole; 0 = uniform")
     ap.add_argument("--offset-noise", type=float, default=0.0, help="per-channel offset noise strength")
     ap.add_argument("--object-weight", type=float, default=1.0,
                     help="weight of the objects' latent pixels (with a 1-pixel rim) in the UNet loss; 1 = plain")
@@ -472,6 +495,8 @@ def main(argv: list[str] | None = None) -> dict:
     if a.fork and not a.resume:
         ap.error("--fork continues a run's state with other options: give --resume too (and a copy of the state in "
                  "the new --out)")
+    if not 0.0 <= a.high_t_share <= 1.0:
+        ap.error(f"--high-t-share is a share between 0 and 1, got {a.high_t_share}")
     if a.object_weight <= 0:
         ap.error(f"--object-weight must be above 0, got {a.object_weight}")
     if a.no_deadline and ((a.vae_steps is None and not a.init_from) or a.unet_steps is None):
@@ -511,7 +536,7 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer = load_tokenizer(build_tokenizer(tmp))
     vae, unet = build_vae(cfg), build_unet(cfg)
     text_encoder = build_text_encoder(cfg, tokenizer)
-    scheduler = build_scheduler()
+    scheduler = build_scheduler(cfg)
     log["params"] = {"vae": param_count(vae), "unet": param_count(unet), "text_encoder": param_count(text_encoder)}
     stream = SceneStream(a.seed, count_weights)
     phase, seconds_before = "vae", 0.0
@@ -573,6 +598,7 @@ def main(argv: list[str] | None = None) -> dict:
         ema = train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream, unet_steps, a.batch, a.lr,
                               a.text_lr, end, a.seed, log, offset_noise=a.offset_noise,
                               high_noise_weight=a.high_noise_weight, object_weight=a.object_weight,
+                              high_t_share=a.high_t_share,
                               checkpoint=checkpoint,
                               checkpoint_every=a.checkpoint_every, stop_at=a.unet_stop_at, saver=saver,
                               common_state=common_state, step_offset=log["vae_steps"],

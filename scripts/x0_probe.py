@@ -1,7 +1,7 @@
 """Where in the noise schedule does a toy model lose (or fail to create) an object's shape?
 
 For held-out one-object scenes, the world's render is noised to timestep t, the model predicts the clean latent
-in one step (x0 from its epsilon, with the true caption), the VAE decodes it and the judge scores it like
+in one step (x0 from its epsilon or v, with the true caption), the VAE decodes it and the judge scores it like
 `bas toy-eval`. Shape right at t=200 but not at t=800 means the model keeps outlines it is shown but does not make
 them from the caption where they are decided (high noise). Low-noise and cheap (one forward pass per t): a
 sharper signal for comparing pretraining runs than toy-eval's generated images.
@@ -40,8 +40,11 @@ def x0_probe(model_dir: str, scenes: int = 24, timesteps: tuple[int, ...] = (200
         noise = torch.randn(latents.shape, generator=generator)
         keep = scheduler.alphas_cumprod[t]
         noisy = keep.sqrt() * latents + (1 - keep).sqrt() * noise
-        eps = unet(noisy, torch.full((len(cases),), t), context).sample
-        x0 = (noisy - (1 - keep).sqrt() * eps) / keep.sqrt()
+        pred = unet(noisy, torch.full((len(cases),), t), context).sample
+        if scheduler.config.prediction_type == "v_prediction":
+            x0 = keep.sqrt() * noisy - (1 - keep).sqrt() * pred
+        else:
+            x0 = (noisy - (1 - keep).sqrt() * pred) / keep.sqrt()
         images = vae.decode(x0 / vae.config.scaling_factor).sample.clamp(-1, 1)
         images = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().astype(np.uint8)
         rows = [verdicts(detect(im), c.spec) for im, c in zip(images, cases)]

@@ -9,13 +9,13 @@ from bas_toyworld.model import (
 from bas_toyworld.tokenizer import build_tokenizer, load_tokenizer
 
 
-@pytest.fixture(scope="module", params=["v2", "v2t"])
+@pytest.fixture(scope="module", params=["v2", "v2t", "v2v"])
 def saved_v2(request, tmp_path_factory):
     cfg = TOY_CONFIGS[request.param]
     tok = load_tokenizer(build_tokenizer(tmp_path_factory.mktemp("tok")))
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp(request.param)
-    save_pipeline(d, build_vae(cfg), build_unet(cfg), build_text_encoder(cfg, tok), tok, build_scheduler())
+    save_pipeline(d, build_vae(cfg), build_unet(cfg), build_text_encoder(cfg, tok), tok, build_scheduler(cfg))
     return request.param, d
 
 
@@ -36,7 +36,10 @@ def test_v2_loads_through_the_engine_with_attention_at_quarter_resolution(saved_
     from bas_engine.models import load_model
 
     comps = load_model(str(saved_v2[1]), dtype=torch.float32)
-    assert comps.family == "sd1" and comps.prediction_type == "epsilon"
+    cfg = TOY_CONFIGS[saved_v2[0]]
+    assert comps.family == "sd1" and comps.prediction_type == cfg.prediction_type
+    # the schedule travels with the folder: v2v's last timestep is pure noise, as its sampler's first
+    assert (float(comps.noise_scheduler.alphas_cumprod[-1]) == 0.0) == cfg.zero_terminal_snr
     sizes = set()
 
     def hook(mod, args, kwargs, out):
