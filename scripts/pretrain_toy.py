@@ -520,7 +520,15 @@ def main(argv: list[str] | None = None) -> dict:
             forked = {k: [before.get(k, ap.get_default(k)), getattr(a, k)] for k in differ}
             print(f"fork of the run in {out / STATE_FILE}: " + ", ".join(f"--{k.replace('_', '-')} {v[0]!r} -> {v[1]!r}"
                                                                         for k, v in forked.items()), flush=True)
-        elif differ:
+        if "config" in differ and a.fork:
+            from dataclasses import replace as with_fields
+
+            was = TOY_CONFIGS[before.get("config", "v1")]
+            schedule = {"prediction_type": was.prediction_type, "zero_terminal_snr": was.zero_terminal_snr}
+            if with_fields(TOY_CONFIGS[a.config], **schedule) != was:
+                ap.error(f"--fork --config {a.config}: the state holds a {before.get('config', 'v1')!r} model of "
+                         "another architecture; a fork may change only the schedule (prediction type, zero SNR)")
+        if differ and not a.fork:
             ap.error("--resume: options differ from the run that wrote the state: " + ", ".join(
                 f"--{k.replace('_', '-')} {before.get(k)!r} there, {getattr(a, k)!r} here" for k in differ))
     vae_steps, unet_steps = plan(a.minutes)
@@ -551,6 +559,7 @@ def main(argv: list[str] | None = None) -> dict:
         stream.set_state(state["stream"])
         torch.set_rng_state(state["torch_rng"])
         log, phase, seconds_before = state["log"], state["phase"], state["train_seconds"]
+        log["config"] = cfg.to_dict()  # a fork may change the design (v2 -> v2v: same UNet, other schedule)
         if a.fork and differ:
             log.setdefault("forks", []).append({"at_step": state["phase_state"]["step"], "phase": phase,
                                                 "changed": forked})

@@ -17,15 +17,17 @@ import numpy as np
 import torch
 
 from bas_toyworld.judge import detect
-from bas_toyworld.model import load_pipeline
+from bas_toyworld.model import build_scheduler, load_pipeline
 from bas_toyworld.toy_eval import ATTRIBUTES, heldout_cases, verdicts
 from bas_toyworld.world import render_scene
 
 
 @torch.no_grad()
 def x0_probe(model_dir: str, scenes: int = 24, timesteps: tuple[int, ...] = (200, 400, 600, 800, 900, 980),
-             seed: int = 0) -> dict[int, dict[str, float]]:
-    """Share of the one-step x0 predictions with each attribute right, per timestep."""
+             seed: int = 0, sd_noise: bool = False) -> dict[int, dict[str, float]]:
+    """Share of the one-step x0 predictions with each attribute right, per timestep. ``sd_noise``: each t names
+    the noise level of SD 1.x's schedule at t (v1/v2's), and the model is probed at its own timestep nearest to
+    it, so that models on other schedules (v2v's zero terminal SNR) are compared at equal noise."""
     pipe = load_pipeline(model_dir)
     unet, vae, scheduler = pipe.unet, pipe.vae, pipe.scheduler
     cases = heldout_cases(scenes, seed=seed)
@@ -36,11 +38,13 @@ def x0_probe(model_dir: str, scenes: int = 24, timesteps: tuple[int, ...] = (200
     context = pipe.text_encoder(ids)[0]
     generator = torch.Generator().manual_seed(seed)
     out = {}
+    reference = build_scheduler().alphas_cumprod
     for t in timesteps:
         noise = torch.randn(latents.shape, generator=generator)
-        keep = scheduler.alphas_cumprod[t]
+        t_model = int((scheduler.alphas_cumprod - reference[t]).abs().argmin()) if sd_noise else t
+        keep = scheduler.alphas_cumprod[t_model]
         noisy = keep.sqrt() * latents + (1 - keep).sqrt() * noise
-        pred = unet(noisy, torch.full((len(cases),), t), context).sample
+        pred = unet(noisy, torch.full((len(cases),), t_model), context).sample
         if scheduler.config.prediction_type == "v_prediction":
             x0 = keep.sqrt() * noisy - (1 - keep).sqrt() * pred
         else:
@@ -48,7 +52,7 @@ def x0_probe(model_dir: str, scenes: int = 24, timesteps: tuple[int, ...] = (200
         images = vae.decode(x0 / vae.config.scaling_factor).sample.clamp(-1, 1)
         images = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().astype(np.uint8)
         rows = [verdicts(detect(im), c.spec) for im, c in zip(images, cases)]
-        out[t] = {a: float(np.mean([r[a] for r in rows])) for a in ATTRIBUTES}
+        out[t] = {a: float(np.mean([r[a] for r in rows])) for a in ATTRIBUTES} | {"model_t": t_model}
     return out
 
 
@@ -58,11 +62,13 @@ def main() -> None:
     ap.add_argument("--scenes", type=int, default=24)
     ap.add_argument("--timesteps", default="200,400,600,800,900,980")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--sd-noise", action="store_true",
+                    help="read each timestep as SD 1.x's noise level there (compare models on other schedules)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    result = x0_probe(a.model_dir, a.scenes, tuple(int(t) for t in a.timesteps.split(",")))
+    result = x0_probe(a.model_dir, a.scenes, tuple(int(t) for t in a.timesteps.split(",")), sd_noise=a.sd_noise)
     for t, acc in result.items():
-        print(f"t {t:4d}  " + "  ".join(f"{k} {v:.2f}" for k, v in acc.items()))
+        print(f"t {t:4d} (model t {acc['model_t']:4d})  " + "  ".join(f"{k} {acc[k]:.2f}" for k in ATTRIBUTES))
     print(json.dumps({"model_dir": a.model_dir, "scenes": a.scenes, "x0_accuracy": result}))
 
 

@@ -1,20 +1,14 @@
 """scripts/pretrain_toy.py's loss weights: epsilon's min-SNR-5 with the capped boost of noisy steps as before, and
 v prediction on the zero-terminal-SNR schedule weighing a wrong x0 by clamp(snr, 1, 5), finite at pure noise."""
-import importlib.util
-from pathlib import Path
-
 import torch
 
 from bas_toyworld.model import TOY_CONFIGS, build_scheduler
 
-_spec = importlib.util.spec_from_file_location("pretrain_toy", Path(__file__).parents[2] / "scripts" / "pretrain_toy.py")
-pretrain_toy = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(pretrain_toy)
-
 T = torch.tensor([0, 100, 300, 500, 700, 800, 900, 999])
 
 
-def test_epsilon_weight_is_min_snr_with_the_capped_boost():
+def test_epsilon_weight_is_min_snr_with_the_capped_boost(pretrain_script):
+    pretrain_toy = pretrain_script
     acp = build_scheduler().alphas_cumprod[T]
     snr = acp / (1 - acp)
     expected = torch.clamp(snr, max=5.0) / snr * torch.clamp(1 + 1 / snr, max=5.0)
@@ -22,7 +16,8 @@ def test_epsilon_weight_is_min_snr_with_the_capped_boost():
     assert torch.equal(pretrain_toy.loss_weight(acp, "epsilon", 1.0), torch.clamp(snr, max=5.0) / snr)
 
 
-def test_v_weight_on_zero_terminal_snr_weighs_x0_by_clamped_snr():
+def test_v_weight_on_zero_terminal_snr_weighs_x0_by_clamped_snr(pretrain_script):
+    pretrain_toy = pretrain_script
     scheduler = build_scheduler(TOY_CONFIGS["v2v"])
     acp = scheduler.alphas_cumprod[T]
     assert float(acp[-1]) == 0.0 and scheduler.config.prediction_type == "v_prediction"

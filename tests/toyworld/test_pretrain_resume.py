@@ -138,3 +138,22 @@ def test_fork_continues_a_state_with_other_options(tmp_path, capsys, pretrain_sc
                                                        {"object_weight": [1.0, 3.0]}}]
     recipe = json.loads((tmp_path / "b" / "model" / "pretrain.json").read_text())
     assert recipe["forks"] == log["forks"] and recipe["args"]["object_weight"] == 3.0
+
+
+def test_fork_may_change_the_schedule_but_not_the_architecture(tmp_path, capsys, pretrain_script):
+    """v2 -> v2v (same UNet, v prediction on zero terminal SNR) continues the state and records the new design;
+    v2 -> v2t (another UNet) is refused by name instead of failing inside load_state_dict."""
+    mod = pretrain_script
+    tiny = TINY + ["--config", "v2", "--unet-steps", "2"]
+    assert mod.main(["--out", str(tmp_path / "a"), "--halt-at", "4"] + tiny) == {"halted_at": 4}
+    for name in ("v", "t"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "state.pt").write_bytes((tmp_path / "a" / "state.pt").read_bytes())
+    with pytest.raises(SystemExit):
+        mod.main(["--out", str(tmp_path / "t"), "--resume", "--fork"] + tiny[:-4] + ["--config", "v2t", "--unet-steps", "2"])
+    assert "may change only the schedule" in capsys.readouterr().err
+    log = mod.main(["--out", str(tmp_path / "v"), "--resume", "--fork"] + tiny[:-4] + ["--config", "v2v", "--unet-steps", "2"])
+    assert log["forks"][0]["changed"] == {"config": ["v2", "v2v"]}
+    assert log["config"]["prediction_type"] == "v_prediction" and log["config"]["zero_terminal_snr"]
+    scheduler = json.loads((tmp_path / "v" / "model" / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == "v_prediction" and scheduler["rescale_betas_zero_snr"]

@@ -86,6 +86,9 @@ def test_x0_probe_on_the_committed_model():
     spec.loader.exec_module(probe)
     result = probe.x0_probe(str(DEFAULT_MODEL), scenes=4, timesteps=(50, 900))
     assert sorted(result) == [50, 900]
-    assert all(set(acc) == {"shape", "colour", "texture", "background"} for acc in result.values())
-    assert all(0.0 <= v <= 1.0 for acc in result.values() for v in acc.values())
+    assert all(set(acc) == {"shape", "colour", "texture", "background", "model_t"} for acc in result.values())
+    assert all(0.0 <= acc[k] <= 1.0 for acc in result.values() for k in ("shape", "colour", "texture", "background"))
     assert result[50]["colour"] == 1.0 and result[50]["background"] == 1.0
+    assert [acc["model_t"] for acc in result.values()] == [50, 900]
+    # SD's noise levels on SD's schedule are its own timesteps
+    assert probe.x0_probe(str(DEFAULT_MODEL), scenes=1, timesteps=(900,), sd_noise=True)[900]["model_t"] == 900
