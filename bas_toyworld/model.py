@@ -37,6 +37,10 @@ class ToyModelConfig:
     # addition_embed_type="text", as DeepFloyd IF; SDXL's pooled text input plays the same part), with this many
     # pooling heads: a global pathway that tells every ResNet block what the caption asks for
     text_pooling_heads: int = 0
+    # Cross-attention (with self-attention, as SD's top level) at the full latent resolution too. Without it the
+    # caption reaches the UNet only at 16x16 and 8x8, where a small object is ~4 cells across: too coarse to draw
+    # an outline, which the 32x32 level then has to draw from upsampled features that may not carry the shape.
+    text_at_top: bool = False
     # What the UNet predicts, and whether the betas are rescaled so that the last timestep is pure noise. SD's
     # schedule keeps ~7 % of the image at t=999; over a 32x32 latent that leaks an image's layout and colours
     # (averaged over an object's ~50 latent pixels it is visible), so the model learns to read them off the noise
@@ -61,7 +65,7 @@ class ToyModelConfig:
     @property
     def attention_resolutions(self) -> list[int]:
         """Latent-space sizes at which the UNet has cross-attention."""
-        return [self.latent_size // 2**i for i in range(1, len(self.unet_channels))]
+        return [self.latent_size // 2**i for i in range(0 if self.text_at_top else 1, len(self.unet_channels))]
 
     def __post_init__(self) -> None:
         if self.prediction_type not in ("epsilon", "v_prediction"):
@@ -90,6 +94,10 @@ TOY_CONFIGS: dict[str, ToyModelConfig] = {
     # v2 with v prediction on a zero-terminal-SNR schedule (same UNet; can continue a v2 run's state)
     "v2v": ToyModelConfig(unet_channels=(32, 96, 160), unet_heads=(1, 3, 5), unet_layers=(1, 2, 2),
                           prediction_type="v_prediction", zero_terminal_snr=True),
+    # v2v with the caption at 32x32 too (0.2 M parameters more); a fork of a v2v state grows into it (the new
+    # attention blocks start as the identity)
+    "v2va": ToyModelConfig(unet_channels=(32, 96, 160), unet_heads=(1, 3, 5), unet_layers=(1, 2, 2),
+                           prediction_type="v_prediction", zero_terminal_snr=True, text_at_top=True),
 }
 
 
@@ -124,8 +132,8 @@ def build_unet(cfg: ToyModelConfig) -> "UNet2DConditionModel":
     n = len(cfg.unet_channels)
     return UNet2DConditionModel(
         sample_size=cfg.latent_size, in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        down_block_types=("CrossAttnDownBlock2D" if cfg.text_at_top else "DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("CrossAttnUpBlock2D" if cfg.text_at_top else "UpBlock2D",),
         mid_block_type="UNetMidBlock2DCrossAttn",
         block_out_channels=cfg.unet_channels, layers_per_block=cfg.unet_layers,
         cross_attention_dim=cfg.text_dim, attention_head_dim=cfg.unet_heads,  # diffusers: = number of heads

@@ -297,6 +297,36 @@ def loss_weight(alphas_cumprod: torch.Tensor, prediction_type: str, high_noise_w
     return w
 
 
+def zero_new_attention_outputs(unet: torch.nn.Module, grown: set[str]) -> None:
+    """Zero the output projections of the attention blocks a fork added, so the grown UNet computes exactly what
+    the state's UNet did (each block is a residual branch)."""
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if name in grown and ".proj_out." in name:
+                p.zero_()
+
+
+def grow_phase_state(phase_state: dict, old_unet_names: list[str], unet: torch.nn.Module,
+                     text_encoder: torch.nn.Module) -> dict:
+    """The UNet phase's optimizer and EMA state re-indexed for a UNet grown by new parameters (``old_unet_names``:
+    the state's UNet parameters, in its order): the old parameters keep their Adam moments and EMA averages, the new
+    ones start fresh (no moments; EMA = their initial values)."""
+    new_unet_names = [n for n, _ in unet.named_parameters()]
+    n_text = len(list(text_encoder.parameters()))
+    where = {n: i for i, n in enumerate(old_unet_names)}
+    # flat index of each parameter (UNet, then text encoder) in the new order -> its index in the old one
+    old_index = [where.get(n) for n in new_unet_names] + [len(old_unet_names) + i for i in range(n_text)]
+    opt = phase_state["opt"]
+    state = {new: opt["state"][old] for new, old in enumerate(old_index) if old is not None and old in opt["state"]}
+    groups = [dict(opt["param_groups"][0], params=list(range(len(new_unet_names)))),
+              dict(opt["param_groups"][1], params=list(range(len(new_unet_names), len(old_index))))]
+    ema = dict(phase_state["ema"])
+    params = [p for p in unet.parameters()] + [p for p in text_encoder.parameters()]
+    ema["shadow_params"] = [ema["shadow_params"][old].clone() if old is not None else p.detach().clone()
+                            for old, p in zip(old_index, params)]
+    return dict(phase_state, opt={"state": state, "param_groups": groups}, ema=ema)
+
+
 def object_weighted_mse(pred: torch.Tensor, target: torch.Tensor, objects: torch.Tensor, weight: float) -> torch.Tensor:
     """Per-image MSE with the objects' latent pixels (and a 1-pixel rim, where outlines are decided) counting
     ``weight`` times: the objects are 4-15 % of a picture, and the backgrounds' fine, unpredictable detail (night
@@ -523,11 +553,13 @@ def main(argv: list[str] | None = None) -> dict:
         if "config" in differ and a.fork:
             from dataclasses import replace as with_fields
 
-            was = TOY_CONFIGS[before.get("config", "v1")]
-            schedule = {"prediction_type": was.prediction_type, "zero_terminal_snr": was.zero_terminal_snr}
-            if with_fields(TOY_CONFIGS[a.config], **schedule) != was:
+            was, now = TOY_CONFIGS[before.get("config", "v1")], TOY_CONFIGS[a.config]
+            kept = {"prediction_type": was.prediction_type, "zero_terminal_snr": was.zero_terminal_snr,
+                    "text_at_top": was.text_at_top}
+            if with_fields(now, **kept) != was or (was.text_at_top and not now.text_at_top):
                 ap.error(f"--fork --config {a.config}: the state holds a {before.get('config', 'v1')!r} model of "
-                         "another architecture; a fork may change only the schedule (prediction type, zero SNR)")
+                         "another architecture; a fork may change only the schedule (prediction type, zero SNR) "
+                         "and add cross-attention at the top level")
         if differ and not a.fork:
             ap.error("--resume: options differ from the run that wrote the state: " + ", ".join(
                 f"--{k.replace('_', '-')} {before.get(k)!r} there, {getattr(a, k)!r} here" for k in differ))
@@ -554,8 +586,16 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"init from {a.init_from}: VAE (scaling_factor {log['vae_scaling_factor']:.4f}) and text encoder",
               flush=True)
     if state is not None:
+        grown = set(unet.state_dict()) - set(state["unet"])
         for name, module in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder)):
-            module.load_state_dict(state[name])
+            module.load_state_dict(state[name], strict=name != "unet" or not grown)
+        if grown:  # a fork that added attention blocks: they start as the identity, the rest as it was
+            old_names = [n for n, _ in unet.named_parameters() if n not in grown]
+            zero_new_attention_outputs(unet, grown)
+            if state["phase"] == "unet":
+                state["phase_state"] = grow_phase_state(state["phase_state"], old_names, unet, text_encoder)
+            print(f"fork grew the UNet by {len(grown)} tensors ({sum(unet.state_dict()[k].numel() for k in grown)} "
+                  "values), started as the identity", flush=True)
         stream.set_state(state["stream"])
         torch.set_rng_state(state["torch_rng"])
         log, phase, seconds_before = state["log"], state["phase"], state["train_seconds"]

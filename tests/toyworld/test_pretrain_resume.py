@@ -157,3 +157,44 @@ def test_fork_may_change_the_schedule_but_not_the_architecture(tmp_path, capsys,
     assert log["config"]["prediction_type"] == "v_prediction" and log["config"]["zero_terminal_snr"]
     scheduler = json.loads((tmp_path / "v" / "model" / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["prediction_type"] == "v_prediction" and scheduler["rescale_betas_zero_snr"]
+
+
+def test_fork_may_grow_attention_at_the_top_level(tmp_path, capsys, pretrain_script):
+    """v2v -> v2va adds cross-attention at 32x32: the grown UNet starts computing what the state's did (the new
+    blocks are the identity), the old parameters keep their Adam moments and EMA averages, and training goes on."""
+    mod = pretrain_script
+    tiny = TINY + ["--config", "v2v", "--unet-steps", "3"]
+    assert mod.main(["--out", str(tmp_path / "a"), "--halt-at", "5"] + tiny) == {"halted_at": 5}
+    state = torch.load(tmp_path / "a" / "state.pt", weights_only=False)
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "state.pt").write_bytes((tmp_path / "a" / "state.pt").read_bytes())
+
+    from bas_toyworld.model import TOY_CONFIGS, build_unet
+    old, grown = build_unet(TOY_CONFIGS["v2v"]), build_unet(TOY_CONFIGS["v2va"])
+    old.load_state_dict(state["unet"])
+    new_keys = set(grown.state_dict()) - set(old.state_dict())
+    grown.load_state_dict(state["unet"], strict=False)
+    mod.zero_new_attention_outputs(grown, new_keys)
+    x, t, ctx = torch.randn(2, 4, 32, 32), torch.tensor([10, 900]), torch.randn(2, 40, 768)
+    with torch.no_grad():
+        assert torch.allclose(grown(x, t, ctx).sample, old(x, t, ctx).sample, atol=1e-6)
+
+    from bas_toyworld.model import build_text_encoder
+    from bas_toyworld.tokenizer import build_tokenizer, load_tokenizer
+
+    text_encoder = build_text_encoder(TOY_CONFIGS["v2va"], load_tokenizer(build_tokenizer(tmp_path / "tok")))
+    old_names = [n for n, _ in old.named_parameters()]
+    phase = mod.grow_phase_state(state["phase_state"], old_names, grown, text_encoder)
+    new_names = [n for n, _ in grown.named_parameters()]
+    some = old_names[-1]  # the last UNet tensor moves behind the new attention blocks in the grown order
+    moved_to, was_at = new_names.index(some), old_names.index(some)
+    assert torch.equal(phase["opt"]["state"][moved_to]["exp_avg"], state["phase_state"]["opt"]["state"][was_at]["exp_avg"])
+    assert torch.equal(phase["ema"]["shadow_params"][moved_to], state["phase_state"]["ema"]["shadow_params"][was_at])
+    fresh = new_names.index(next(n for n in new_names if n not in old_names))
+    assert fresh not in phase["opt"]["state"]
+    assert len(phase["ema"]["shadow_params"]) == len(new_names) + len(list(text_encoder.parameters()))
+
+    log = mod.main(["--out", str(tmp_path / "g"), "--resume", "--fork"] + tiny[:-4] + ["--config", "v2va", "--unet-steps", "3"])
+    assert "grew the UNet" in capsys.readouterr().out
+    assert log["unet_steps"] == 3 and log["config"]["text_at_top"]
+    assert (tmp_path / "g" / "model" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
