@@ -92,3 +92,23 @@ def test_x0_probe_on_the_committed_model():
     assert [acc["model_t"] for acc in result.values()] == [50, 900]
     # SD's noise levels on SD's schedule are its own timesteps
     assert probe.x0_probe(str(DEFAULT_MODEL), scenes=1, timesteps=(900,), sd_noise=True)[900]["model_t"] == 900
+
+
+def test_attention_share_on_the_committed_model():
+    """scripts/attention_share.py: one row per cross-attention layer at the model's attention resolutions, shares of
+    one softmax (each in [0, 1], the words and the caption's end together at most 1)."""
+    import importlib.util
+    from pathlib import Path
+
+    from bas_toyworld.extraction import DEFAULT_MODEL
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "attention_share.py"
+    spec = importlib.util.spec_from_file_location("attention_share", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.attention_share(str(DEFAULT_MODEL), t=500, scenes=3)
+    assert result and all(name.endswith("attn2") for name in result)
+    assert {row["resolution"] for row in result.values()} == {16, 8}  # v1: cross-attention at 16x16 and 8x8
+    for row in result.values():
+        parts = [row[k] for k in ("colour", "texture", "shape", "eos+pad")]
+        assert all(0.0 <= p <= 1.0 for p in parts) and sum(parts) <= 1.0 + 1e-5
