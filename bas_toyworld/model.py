@@ -171,11 +171,11 @@ def build_scheduler(cfg: ToyModelConfig | None = None) -> "DDPMScheduler":
 def save_pipeline(out_dir: str | Path, vae, unet, text_encoder, tokenizer, scheduler,
                   dtype: torch.dtype = torch.float16) -> Path:
     """Save as a standard diffusers StableDiffusionPipeline folder (safetensors, ``dtype`` storage).
-    The passed modules are not modified (fp16 copies are saved)."""
+    The passed modules are not modified (fp16 copies on the CPU are saved)."""
     from diffusers import StableDiffusionPipeline
 
     out = Path(out_dir)
-    mods = {k: copy.deepcopy(m).to(dtype) for k, m in
+    mods = {k: copy.deepcopy(m).to("cpu", dtype) for k, m in
             {"vae": vae, "unet": unet, "text_encoder": text_encoder}.items()}
     pipe = StableDiffusionPipeline(
         **mods, tokenizer=tokenizer, scheduler=scheduler, safety_checker=None, feature_extractor=None,

@@ -123,6 +123,7 @@ class StateSaver:
 def train_vae(vae, stream: SceneStream, steps: int, batch: int, lr: float, deadline: float | None, log: dict,
               saver: StateSaver | None = None, common_state=None, resume: dict | None = None) -> None:
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    device = next(vae.parameters()).device
     hist, first = [], 0
     if resume is not None:
         opt.load_state_dict(resume["opt"])
@@ -136,6 +137,7 @@ def train_vae(vae, stream: SceneStream, steps: int, batch: int, lr: float, deadl
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, 50)
         x, _, objects = stream.batch(batch, with_masks=True)
+        x, objects = x.to(device), objects.to(device)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         # L1 keeps edges and texture ink crisp. Object pixels weigh 5x: they are few, and with a
@@ -161,6 +163,7 @@ def train_vae(vae, stream: SceneStream, steps: int, batch: int, lr: float, deadl
 def latent_scaling(vae, stream: SceneStream, n: int = 128) -> tuple[float, float]:
     """1/std of latents (as SD's 0.18215), and the reconstruction PSNR on fresh scenes."""
     x, _ = stream.batch(n)
+    x = x.to(next(vae.parameters()).device)
     post = vae.encode(x).latent_dist
     rec = vae.decode(post.mean).sample.clamp(-1, 1)
     mse = F.mse_loss((rec + 1) / 2, (x + 1) / 2).item()
@@ -208,8 +211,11 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
         hist, first = list(resume["hist"]), resume["step"]
     else:
         log["val"] = []
+    device = next(unet.parameters()).device
+    ema.to(device)  # a state is loaded on the CPU
     acp = scheduler.alphas_cumprod
     val = _validation_batch(vae, tokenizer, scheduler, seed)
+    # the random numbers come from the CPU generator on any device, so a run's data and noise do not depend on it
     unet.train()
     text_encoder.train()
     t0 = time.time()
@@ -226,17 +232,20 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
             g["lr"] = lr_at(step, steps, g["base"], 100)
         if object_weight != 1.0:
             x, caps, objects = stream.batch(batch, with_masks=True)
+            objects = objects.to(device)
         else:
             x, caps = stream.batch(batch)
+        x = x.to(device)
         caps = ["" if drop_rng.random() < 0.1 else c for c in caps]  # unconditional for CFG
         ids = tokenizer(caps, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids
+                        return_tensors="pt").input_ids.to(device)
         with torch.no_grad():
             post = vae.encode(x).latent_dist
-            lat = (post.mean + post.std * torch.randn(post.mean.shape, generator=gen)) * vae.config.scaling_factor
+            lat = (post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(device)) * vae.config.scaling_factor
         noise = torch.randn(lat.shape, generator=gen)
         if offset_noise > 0:  # per-image, per-channel constant: hides the global colour at any t
             noise = noise + offset_noise * torch.randn(batch, lat.shape[1], 1, 1, generator=gen)
+        noise = noise.to(device)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen)
         if high_t_share > 0:
             # Outlines are decided in the noisy upper half of the schedule (scripts/x0_probe.py: every model keeps
@@ -244,11 +253,12 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
             n_t = scheduler.config.num_train_timesteps
             upper = torch.randint(n_t // 2, n_t, (batch,), generator=gen)
             t = torch.where(torch.rand(batch, generator=gen) < high_t_share, upper, t)
+        w = loss_weight(acp[t], scheduler.config.prediction_type, high_noise_weight).to(device)
+        t = t.to(device)
         noisy = scheduler.add_noise(lat, noise, t)
         ctx = text_encoder(ids)[0]
         pred = unet(noisy, t, ctx).sample
         target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(lat, noise, t)
-        w = loss_weight(acp[t], scheduler.config.prediction_type, high_noise_weight)
         if object_weight != 1.0:
             per_image = object_weighted_mse(pred, target, objects, object_weight)
         else:
@@ -348,22 +358,24 @@ def _validation_batch(vae, tokenizer, scheduler, seed: int, n: int = 32) -> dict
 
     from bas_toyworld.world import SHAPES
 
+    device = next(vae.parameters()).device
     stream = SceneStream(seed + 10_000)
     x, caps = stream.batch(n)
     gen = torch.Generator().manual_seed(seed + 2)
-    lat = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+    lat = vae.encode(x.to(device)).latent_dist.mean * vae.config.scaling_factor
     noise = torch.randn(lat.shape, generator=gen)
     t = torch.randint(500, 1000, (n,), generator=gen)
     enc = lambda texts: tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,  # noqa: E731
-                                  truncation=True, return_tensors="pt").input_ids
+                                  truncation=True, return_tensors="pt").input_ids.to(device)
     rng = np.random.default_rng([seed, 10_001])
     singles = [random_spec(rng, count_weights=(1.0,)) for _ in range(n)]
     others = [replace(s, objects=(replace(s.objects[0], shape=SHAPES[(SHAPES.index(s.objects[0].shape) + 1 + i % 5) % 6]),))
               for i, s in enumerate(singles)]
     x1 = torch.from_numpy(np.stack([render_scene(s)[0] for s in singles])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    lat1 = vae.encode(x1).latent_dist.mean * vae.config.scaling_factor
+    lat1 = vae.encode(x1.to(device)).latent_dist.mean * vae.config.scaling_factor
     noise1 = torch.randn(lat1.shape, generator=gen)
     t1 = torch.randint(200, 800, (n,), generator=gen)
+    noise, t, noise1, t1 = (v.to(device) for v in (noise, t, noise1, t1))
     target = (lambda x0, eps, ts: eps) if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity
     return {"noisy": scheduler.add_noise(lat, noise, t), "target": target(lat, noise, t), "t": t, "ids": enc(caps),
             "empty": enc([""] * n),
@@ -459,7 +471,7 @@ def write_recipe(model_dir: Path, log: dict, argv: list[str]) -> None:
 
 #: options that may differ between a run and its --resume (they do not change what is trained)
 RESUME_FREE_OPTIONS = ("out", "resume", "state_every", "state_minutes", "halt_at", "checkpoint_every",
-                       "preview_seeds", "threads")
+                       "preview_seeds", "threads", "device")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -472,6 +484,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-deadline", action="store_true",
                     help="never cut the run by wall clock (give --vae-steps and --unet-steps; resumable long runs)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu",
+                    help="torch device to train on (cpu, cuda, cuda:1); data and noise come from CPU generators on any")
     ap.add_argument("--vae-steps", type=int, default=None, help="override the planned count")
     ap.add_argument("--unet-steps", type=int, default=None, help="override the planned count")
     ap.add_argument("--batch", type=int, default=16)
@@ -512,6 +526,11 @@ def main(argv: list[str] | None = None) -> dict:
                     help="a model folder of the same world (e.g. bas_toyworld/weights/toy_sd): its VAE is used as "
                          "it is (no VAE phase) and its text encoder is the starting point of the text encoder")
     a = ap.parse_args(argv)
+    try:
+        device = torch.device(a.device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        ap.error(f"--device {a.device!r} cannot be used here: {exc}")
     if a.val_every < 1:
         ap.error(f"--val-every must be at least 1, got {a.val_every}")
     count_weights = None
@@ -541,7 +560,7 @@ def main(argv: list[str] | None = None) -> dict:
     if a.resume:
         if not (out / STATE_FILE).is_file():
             ap.error(f"--resume: no training state at {out / STATE_FILE}")
-        state = torch.load(out / STATE_FILE, weights_only=False)
+        state = torch.load(out / STATE_FILE, weights_only=False, map_location="cpu")
         before = state["log"]["args"]
         # an option added after the state was written reads as its default, which reproduces the old behaviour
         differ = [k for k in vars(a) if k not in RESUME_FREE_OPTIONS + ("fork",)
@@ -606,6 +625,8 @@ def main(argv: list[str] | None = None) -> dict:
             log["args"] = vars(a)
         print(f"resumed from {out / STATE_FILE}: {phase} phase, step {state['phase_state']['step']}", flush=True)
 
+    for module in (vae, unet, text_encoder):
+        module.to(device)
     saver = StateSaver(out / STATE_FILE, a.state_every, a.state_minutes, a.halt_at) if (
         a.state_every or a.state_minutes or a.halt_at is not None) else None
 

@@ -198,3 +198,9 @@ def test_fork_may_grow_attention_at_the_top_level(tmp_path, capsys, pretrain_scr
     assert "grew the UNet" in capsys.readouterr().out
     assert log["unet_steps"] == 3 and log["config"]["text_at_top"]
     assert (tmp_path / "g" / "model" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_an_unusable_device_is_named(tmp_path, capsys, pretrain_script):
+    with pytest.raises(SystemExit):
+        pretrain_script.main(["--out", str(tmp_path), "--device", "nonsense:7"] + TINY)
+    assert "--device 'nonsense:7' cannot be used here" in capsys.readouterr().err
