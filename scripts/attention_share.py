@@ -14,28 +14,12 @@ import json
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import AttnProcessor
+from diffusers.models.attention_processor import AttnProcessor2_0
 
+from bas_engine.attention import AttentionStore, CaptureAttnProcessor
 from bas_toyworld.model import load_pipeline
 from bas_toyworld.toy_eval import heldout_cases
 from bas_toyworld.world import render_scene
-
-
-class _Recorder(AttnProcessor):
-    """The plain attention, keeping the head-averaged probabilities (batch, pixels, tokens)."""
-
-    def __init__(self, store: dict, name: str):
-        super().__init__()
-        self.store, self.name = store, name
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
-        v = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
-        probs = attn.get_attention_scores(q, k, None)
-        self.store[self.name] = probs.reshape(hidden_states.shape[0], attn.heads, *probs.shape[1:]).mean(1)
-        out = attn.batch_to_head_dim(torch.bmm(probs, v))
-        return attn.to_out[1](attn.to_out[0](out))
 
 
 @torch.no_grad()
@@ -44,20 +28,23 @@ def attention_share(model_dir: str, t: int = 567, scenes: int = 24, seed: int = 
     attention the object's pixels give to its colour, texture and shape words and to the end of the caption."""
     pipe = load_pipeline(model_dir)
     unet, tok = pipe.unet, pipe.tokenizer
-    store: dict[str, torch.Tensor] = {}
-    unet.set_attn_processor({n: _Recorder(store, n.removesuffix(".processor")) if n.endswith("attn2.processor")
-                             else AttnProcessor() for n in unet.attn_processors})
+    # the engine's capture processors (the attention loss's), keeping every token's column of every attn2 layer
+    store = AttentionStore()
+    unet.set_attn_processor({n: CaptureAttnProcessor(store, n) if n.endswith("attn2.processor") else AttnProcessor2_0()
+                             for n in unet.attn_processors})
     cases = heldout_cases(scenes, seed=seed)
     rendered = [render_scene(c.spec) for c in cases]
     pixels = torch.from_numpy(np.stack([r[0] for r in rendered])).permute(0, 3, 1, 2).float() / 127.5 - 1
     latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
     ids = tok([c.caption for c in cases], padding="max_length", max_length=tok.model_max_length,
               return_tensors="pt").input_ids
-    keep = pipe.scheduler.alphas_cumprod[t]
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
-    unet(keep.sqrt() * latents + (1 - keep).sqrt() * noise, torch.full((scenes,), t), pipe.text_encoder(ids)[0])
+    timesteps = torch.full((scenes,), t)
+    store.start(torch.arange(ids.shape[1]).expand(scenes, -1))
+    unet(pipe.scheduler.add_noise(latents, noise, timesteps), timesteps, pipe.text_encoder(ids)[0])
     out = {}
-    for name, probs in store.items():
+    for name, probs in store.maps.items():
+        name = name.removesuffix(".processor")
         side = int(probs.shape[1] ** 0.5)
         shares: dict[str, list[float]] = {"colour": [], "texture": [], "shape": [], "eos+pad": []}
         for i, case in enumerate(cases):

@@ -215,7 +215,6 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
     ema.to(device)  # a state is loaded on the CPU
     acp = scheduler.alphas_cumprod
     val = _validation_batch(vae, tokenizer, scheduler, seed)
-    # the random numbers come from the CPU generator on any device, so a run's data and noise do not depend on it
     unet.train()
     text_encoder.train()
     t0 = time.time()
@@ -242,6 +241,7 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
         with torch.no_grad():
             post = vae.encode(x).latent_dist
             lat = (post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(device)) * vae.config.scaling_factor
+        # drawn by the CPU generator on any device (then moved), so a run's noise does not depend on the device
         noise = torch.randn(lat.shape, generator=gen)
         if offset_noise > 0:  # per-image, per-channel constant: hides the global colour at any t
             noise = noise + offset_noise * torch.randn(batch, lat.shape[1], 1, 1, generator=gen)
