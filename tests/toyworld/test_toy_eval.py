@@ -112,3 +112,40 @@ def test_attention_share_on_the_committed_model():
     for row in result.values():
         parts = [row[k] for k in ("colour", "texture", "shape", "eos+pad")]
         assert all(0.0 <= p <= 1.0 for p in parts) and sum(parts) <= 1.0 + 1e-5
+
+
+def test_narrow_world_probe_on_the_committed_model(tmp_path):
+    """scripts/narrow_world_probe.py: the narrowed world holds only what was asked; two fine-tuning steps change the
+    UNet (the saved one differs from the model's), the shape gap is measured at every timestep before and after, and
+    the judged shares are shares."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from bas_toyworld.extraction import DEFAULT_MODEL
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "narrow_world_probe.py"
+    spec = importlib.util.spec_from_file_location("narrow_world_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        scene = module.narrow_spec(rng, "dotted", "small", "grass")
+        (obj,) = scene.objects
+        assert (obj.texture, obj.size, scene.background) == ("dotted", "small", "grass")
+        other = module.other_shape(scene, 3).objects[0]
+        assert other.shape != obj.shape and other.colour == obj.colour
+    result = module.narrow_world_probe(str(DEFAULT_MODEL), steps=2, batch=2, scenes=2, gen=2, every=1,
+                                       save=str(tmp_path / "unet"))
+    assert sorted(result["gap"]) == [0, 1, 2]
+    assert all(sorted(gap) == list(module.GAP_TIMESTEPS) for gap in result["gap"].values())
+    assert result["gap"][2] != result["gap"][0]
+    for judged in (result["before"], result["after"]):
+        assert set(judged) == {"shape", "colour", "texture", "background"}
+        assert all(0.0 <= v <= 1.0 for v in judged.values())
+    tuned = UNet2DConditionModel.from_pretrained(tmp_path / "unet")
+    base = UNet2DConditionModel.from_pretrained(DEFAULT_MODEL, subfolder="unet")
+    assert any(not torch.equal(a.float(), b.float()) for a, b in zip(tuned.parameters(), base.parameters()))
