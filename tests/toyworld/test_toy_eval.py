@@ -149,3 +149,31 @@ def test_narrow_world_probe_on_the_committed_model(tmp_path):
     tuned = UNet2DConditionModel.from_pretrained(tmp_path / "unet")
     base = UNet2DConditionModel.from_pretrained(DEFAULT_MODEL, subfolder="unet")
     assert any(not torch.equal(a.float(), b.float()) for a, b in zip(tuned.parameters(), base.parameters()))
+
+
+def test_word_spread_on_the_committed_model():
+    """scripts/word_spread.py: the spread of equal vectors is 0 and their cosine 1; on the committed model every
+    attribute (and the colour at the shape word) gets a spread and a cosine, and the template puts each word where
+    the positions say (the tokenizer keeps every world word one token)."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+    from transformers import CLIPTokenizer
+
+    from bas_toyworld.extraction import DEFAULT_MODEL
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "word_spread.py"
+    spec = importlib.util.spec_from_file_location("word_spread", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    same = module.spread(torch.ones(4, 8))
+    assert same["spread"] == 0.0 and same["cosine"] == 1.0
+    assert module.spread(torch.eye(4))["cosine"] == 0.0
+    tokenizer = CLIPTokenizer.from_pretrained(DEFAULT_MODEL, subfolder="tokenizer")
+    tokens = tokenizer.tokenize(module.TEMPLATE.format(**module.BASE))
+    for attribute, position in module.WORD_INDEX.items():
+        assert tokens[position - 1] == module.BASE[attribute] + "</w>"
+    result = module.word_spread(str(DEFAULT_MODEL))
+    assert set(result) == {"shape", "colour", "texture", "background", "colour@shape"}
+    assert all(0.0 < r["spread"] < 2.0 and -1.0 <= r["cosine"] <= 1.0 for r in result.values())
