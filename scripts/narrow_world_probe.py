@@ -5,7 +5,7 @@ size and background (default: a large solid object on white: only shape, colour 
 and every --every steps, the shape gap by noise level (held-out scenes of that kind: the denoising loss with the
 caption naming another shape minus with the true caption, in % of the latter; 0 = the shape word does not matter),
 and, before and after, what the judge reads off images generated from held-out captions of that kind (shape accuracy
-as `bas toy-eval` scores it). Separates "the world is too varied for the budget" (the shape comes quickly here) from
+as `bas toy-eval` scores it). With all three "any" the world is pretraining's one-object scenes. Separates "the world is too varied for the budget" (the shape comes quickly here) from
 "the model learns outlines slowly" (it does not). Nothing is written unless --save.
 
     .venv/bin/python scripts/narrow_world_probe.py MODEL_DIR [--steps 300] [--gen 32] [--texture solid]
@@ -35,10 +35,17 @@ from bas_toyworld.world import BACKGROUNDS, SHAPES, SIZES, TEXTURES, SceneSpec, 
 GAP_TIMESTEPS = (300, 500, 700, 850, 950)
 
 
+ANY = "any"
+
+
 def narrow_spec(rng: np.random.Generator, texture: str, size: str, background: str) -> SceneSpec:
-    """A random one-object scene with the object's texture and size and the background fixed."""
-    spec = random_spec(rng, count_weights=(1.0,), backgrounds=(background,))
-    return replace(spec, objects=(replace(spec.objects[0], texture=texture, size=size),))
+    """A random one-object scene with the object's texture and size and the background fixed (each unless "any")."""
+    spec = random_spec(rng, count_weights=(1.0,), backgrounds=None if background == ANY else (background,))
+    o = spec.objects[0]
+    o = replace(o, texture=o.texture if texture == ANY else texture, size=o.size if size == ANY else size)
+    margin = o.radius + 1.0  # a size made larger after placing must still fit in the picture, as random_spec's do
+    clamp = lambda c: float(min(max(c, margin), spec.size - margin))  # noqa: E731
+    return replace(spec, objects=(replace(o, x=clamp(o.x), y=clamp(o.y)),))
 
 
 def other_shape(spec: SceneSpec, i: int) -> SceneSpec:
@@ -138,9 +145,9 @@ def main() -> None:
     p.add_argument("model")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--texture", default="solid", help="the objects' texture (solid, striped, dotted, checkered)")
-    p.add_argument("--size", default="large", help="the objects' size (small, large)")
-    p.add_argument("--background", default="white", help="the background (white, gray, beach, night, grass, tiles)")
+    p.add_argument("--texture", default="solid", help="the objects' texture (solid, striped, dotted, checkered; any = all)")
+    p.add_argument("--size", default="large", help="the objects' size (small, large; any = both)")
+    p.add_argument("--background", default="white", help="the background (white, gray, beach, night, grass, tiles; any = all)")
     p.add_argument("--train-text", action="store_true", help="train the text encoder too")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--scenes", type=int, default=48, help="held-out scenes of the shape gap")
@@ -152,8 +159,8 @@ def main() -> None:
     a = p.parse_args()
     for name, value, allowed in (("--texture", a.texture, TEXTURES), ("--size", a.size, SIZES),
                                  ("--background", a.background, BACKGROUNDS)):
-        if value not in allowed:
-            p.error(f"{name} {value!r} is not one of the world's: {', '.join(allowed)}")
+        if value != ANY and value not in allowed:
+            p.error(f"{name} {value!r} is neither {ANY!r} nor one of the world's: {', '.join(allowed)}")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     result = narrow_world_probe(a.model, a.steps, a.lr, a.texture, a.size, a.background, a.train_text, a.batch,

@@ -136,8 +136,12 @@ def test_narrow_world_probe_on_the_committed_model(tmp_path):
         scene = module.narrow_spec(rng, "dotted", "small", "grass")
         (obj,) = scene.objects
         assert (obj.texture, obj.size, scene.background) == ("dotted", "small", "grass")
+        big = module.narrow_spec(rng, "solid", "large", "white").objects[0]
+        assert big.radius + 1 <= min(big.x, big.y, 64 - big.x, 64 - big.y) + 1e-9
         other = module.other_shape(scene, 3).objects[0]
         assert other.shape != obj.shape and other.colour == obj.colour
+    scenes = [module.narrow_spec(rng, "any", "any", "any") for _ in range(60)]
+    assert len({s.objects[0].texture for s in scenes}) == 4 and len({s.background for s in scenes}) == 6
     result = module.narrow_world_probe(str(DEFAULT_MODEL), steps=2, batch=2, scenes=2, gen=2, every=1,
                                        save=str(tmp_path / "unet"))
     assert sorted(result["gap"]) == [0, 1, 2]
