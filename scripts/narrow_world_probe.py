@@ -1,12 +1,13 @@
 """Can a toy model learn to draw the caption's shape when the world is narrowed to one easy kind of scene?
 
 Fine-tunes a copy of the model's UNet (text encoder frozen unless --train-text) on one-object scenes of one texture,
-size and background (default: a large solid object on white: only shape, colour and place vary), and reports, before
-and every --every steps, the shape gap by noise level (held-out scenes of that kind: the denoising loss with the
-caption naming another shape minus with the true caption, in % of the latter; 0 = the shape word does not matter),
-and, before and after, what the judge reads off images generated from held-out captions of that kind (shape accuracy
-as `bas toy-eval` scores it). With all three "any" the world is pretraining's one-object scenes. Separates "the world is too varied for the budget" (the shape comes quickly here) from
-"the model learns outlines slowly" (it does not). Nothing is written unless --save.
+size and background (default: a large solid object on white: only shape, colour and place vary; "any" keeps one
+free, all three "any" is pretraining's one-object world) and reports, before and every --every steps, the shape gap
+by noise level (held-out scenes of that kind: the denoising loss with the caption naming another shape minus with
+the true caption, in % of the latter; 0 = the shape word does not matter) and what the judge reads off images
+generated from held-out captions of that kind (scored as `bas toy-eval` does). Separates "the world is too varied
+for the budget" (the shape comes quickly here) from "the model learns outlines slowly" (it does not). Nothing is
+written unless --save.
 
     .venv/bin/python scripts/narrow_world_probe.py MODEL_DIR [--steps 300] [--gen 32] [--texture solid]
         [--size large] [--background white] [--save UNET_DIR]
@@ -57,8 +58,8 @@ def other_shape(spec: SceneSpec, i: int) -> SceneSpec:
 def narrow_world_probe(model_dir: str, steps: int = 300, lr: float = 1e-4, texture: str = "solid",
                        size: str = "large", background: str = "white", train_text: bool = False, batch: int = 16,
                        scenes: int = 48, gen: int = 32, every: int = 50, seed: int = 0, save: str = "") -> dict:
-    """Fine-tune on the narrowed world and measure the shape gap (every ``every`` steps) and the judged shape
-    accuracy of generated images (before and after). Returns {"gap": {step: {t: %}}, "before": …, "after": …}."""
+    """Fine-tune on the narrowed world and measure, before and every ``every`` steps, the shape gap and the judged
+    accuracy of generated images. Returns {"gap": {step: {t: %}}, "judged": {step: {attribute: share}}}."""
     pipe = load_pipeline(model_dir)
     unet, text_encoder, vae, scheduler, tokenizer = pipe.unet, pipe.text_encoder, pipe.vae, pipe.scheduler, pipe.tokenizer
     epsilon = scheduler.config.prediction_type == "epsilon"
@@ -108,8 +109,8 @@ def narrow_world_probe(model_dir: str, steps: int = 300, lr: float = 1e-4, textu
         images = generate(pipe, [caption(s) for s in gen_specs], seed=seed)
         return accuracy([verdicts(detect(im), s) for im, s in zip(images, gen_specs)])
 
-    result = {"gap": {0: shape_gap()}, "before": judged()}
-    print(f"step 0: shape gap % by t {result['gap'][0]}; judged {result['before']}", flush=True)
+    result = {"gap": {0: shape_gap()}, "judged": {0: judged()}}
+    print(f"step 0: shape gap % by t {result['gap'][0]}; judged {result['judged'][0]}", flush=True)
     text_encoder.requires_grad_(train_text)
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text else [])
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
@@ -130,11 +131,10 @@ def narrow_world_probe(model_dir: str, steps: int = 300, lr: float = 1e-4, textu
         loss.backward()
         optimizer.step()
         if step % every == 0 or step == steps:
-            result["gap"][step] = shape_gap()
-            print(f"step {step}: loss {loss.item():.4f}, {(time.time() - started) / step:.2f} s/step, "
-                  f"shape gap % by t {result['gap'][step]}", flush=True)
-    result["after"] = judged()
-    print(f"after {steps} steps: judged {result['after']}", flush=True)
+            seconds = (time.time() - started) / step  # before measuring
+            result["gap"][step], result["judged"][step] = shape_gap(), judged()
+            print(f"step {step}: loss {loss.item():.4f}, {seconds:.2f} s/step, shape gap % by t "
+                  f"{result['gap'][step]}; judged {result['judged'][step]}", flush=True)
     if save:
         unet.save_pretrained(save)
     return result
@@ -151,7 +151,7 @@ def main() -> None:
     p.add_argument("--train-text", action="store_true", help="train the text encoder too")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--scenes", type=int, default=48, help="held-out scenes of the shape gap")
-    p.add_argument("--gen", type=int, default=32, help="captions generated and judged before and after (0 = none)")
+    p.add_argument("--gen", type=int, default=32, help="captions generated and judged at each report (0 = none)")
     p.add_argument("--every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)

@@ -147,7 +147,8 @@ def test_narrow_world_probe_on_the_committed_model(tmp_path):
     assert sorted(result["gap"]) == [0, 1, 2]
     assert all(sorted(gap) == list(module.GAP_TIMESTEPS) for gap in result["gap"].values())
     assert result["gap"][2] != result["gap"][0]
-    for judged in (result["before"], result["after"]):
+    assert sorted(result["judged"]) == [0, 1, 2]
+    for judged in result["judged"].values():
         assert set(judged) == {"shape", "colour", "texture", "background"}
         assert all(0.0 <= v <= 1.0 for v in judged.values())
     tuned = UNet2DConditionModel.from_pretrained(tmp_path / "unet")
