@@ -116,8 +116,9 @@ def narrow_world_probe(model_dir: str, steps: int = 300, lr: float = 1e-4, textu
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     train_rng = np.random.default_rng([seed, 4])
     noise_gen = torch.Generator().manual_seed(seed + 5)
-    started = time.time()
+    training_seconds = 0.0  # the measurements not counted
     for step in range(1, steps + 1):
+        started = time.time()
         unet.train()
         text_encoder.train(train_text)
         specs = [narrow_spec(train_rng, texture, size, background) for _ in range(batch)]
@@ -130,10 +131,10 @@ def narrow_world_probe(model_dir: str, steps: int = 300, lr: float = 1e-4, textu
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        training_seconds += time.time() - started
         if step % every == 0 or step == steps:
-            seconds = (time.time() - started) / step  # before measuring
             result["gap"][step], result["judged"][step] = shape_gap(), judged()
-            print(f"step {step}: loss {loss.item():.4f}, {seconds:.2f} s/step, shape gap % by t "
+            print(f"step {step}: loss {loss.item():.4f}, {training_seconds / step:.2f} s/step, shape gap % by t "
                   f"{result['gap'][step]}; judged {result['judged'][step]}", flush=True)
     if save:
         unet.save_pretrained(save)
