@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pretrain_toy import loss_weight  # noqa: E402
+from pretrain_toy import loss_weight, other_shape  # noqa: E402
 
 from bas_toyworld.judge import detect  # noqa: E402
 from bas_toyworld.model import load_pipeline  # noqa: E402
 from bas_toyworld.toy_eval import accuracy, generate, verdicts  # noqa: E402
-from bas_toyworld.world import BACKGROUNDS, SHAPES, SIZES, TEXTURES, SceneSpec, caption, random_spec, render_scene  # noqa: E402
+from bas_toyworld.world import BACKGROUNDS, SIZES, TEXTURES, SceneSpec, caption, random_spec, render_scene  # noqa: E402
 
 GAP_TIMESTEPS = (300, 500, 700, 850, 950)
 
@@ -47,12 +47,6 @@ def narrow_spec(rng: np.random.Generator, texture: str, size: str, background: s
     margin = o.radius + 1.0  # a size made larger after placing must still fit in the picture, as random_spec's do
     clamp = lambda c: float(min(max(c, margin), spec.size - margin))  # noqa: E731
     return replace(spec, objects=(replace(o, x=clamp(o.x), y=clamp(o.y)),))
-
-
-def other_shape(spec: SceneSpec, i: int) -> SceneSpec:
-    """The scene with its object's shape replaced by another one (which one cycles with ``i``)."""
-    o = spec.objects[0]
-    return replace(spec, objects=(replace(o, shape=SHAPES[(SHAPES.index(o.shape) + 1 + i % 5) % len(SHAPES)]),))
 
 
 def narrow_world_probe(model_dir: str, steps: int = 300, lr: float = 1e-4, texture: str = "solid",

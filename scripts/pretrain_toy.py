@@ -349,15 +349,21 @@ def object_weighted_mse(pred: torch.Tensor, target: torch.Tensor, objects: torch
     return (weights * err).sum(dim=(1, 2, 3)) / weights.sum(dim=(1, 2, 3))
 
 
+def other_shape(spec, i: int):
+    """The one-object scene with its object's shape replaced by another one (which one cycles with ``i``)."""
+    from dataclasses import replace
+
+    from bas_toyworld.world import SHAPES
+
+    o = spec.objects[0]
+    return replace(spec, objects=(replace(o, shape=SHAPES[(SHAPES.index(o.shape) + 1 + i % 5) % len(SHAPES)]),))
+
+
 @torch.no_grad()
 def _validation_batch(vae, tokenizer, scheduler, seed: int, n: int = 32) -> dict:
     """Fixed held-out scenes, noise and timesteps (upper half of t, where the caption matters most), and
     one-object scenes with their caption and the same caption naming another shape (t in [200, 800), where
     outlines form) for the shape gap."""
-    from dataclasses import replace
-
-    from bas_toyworld.world import SHAPES
-
     device = next(vae.parameters()).device
     stream = SceneStream(seed + 10_000)
     x, caps = stream.batch(n)
@@ -369,8 +375,7 @@ def _validation_batch(vae, tokenizer, scheduler, seed: int, n: int = 32) -> dict
                                   truncation=True, return_tensors="pt").input_ids.to(device)
     rng = np.random.default_rng([seed, 10_001])
     singles = [random_spec(rng, count_weights=(1.0,)) for _ in range(n)]
-    others = [replace(s, objects=(replace(s.objects[0], shape=SHAPES[(SHAPES.index(s.objects[0].shape) + 1 + i % 5) % 6]),))
-              for i, s in enumerate(singles)]
+    others = [other_shape(s, i) for i, s in enumerate(singles)]
     x1 = torch.from_numpy(np.stack([render_scene(s)[0] for s in singles])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     lat1 = vae.encode(x1.to(device)).latent_dist.mean * vae.config.scaling_factor
     noise1 = torch.randn(lat1.shape, generator=gen)
