@@ -16,8 +16,10 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -517,6 +519,43 @@ def run_batch(scenes: str | os.PathLike | Sequence[SceneJob], model: str, out_di
             ray.shutdown()
 
 
+class _CtrlC:
+    """Ctrl-C (SIGINT) as a flag that the driver loop reads between steps, then raises as KeyboardInterrupt.
+
+    Python raises KeyboardInterrupt wherever the main thread happens to run Python code, and the driver's
+    main thread also runs code whose exceptions are printed as "Exception ignored" and dropped: finalizers
+    (`__del__`) and the callbacks Ray's C++ core calls back into (the call-site recorder of `.remote()`,
+    say). A Ctrl-C that lands there is lost and the batch goes on as if nothing was pressed. A handler that
+    only sets a flag cannot be lost; the loop wakes at least once a second (`ray.wait` timeout) to read it.
+    Installed only over Python's default handler and on the main thread (a handler someone else set, or an
+    ignored SIGINT, is left alone); a second Ctrl-C while the batch is stopping interrupts at once.
+    """
+
+    def __init__(self):
+        self.pressed = False
+        self.previous = None
+
+    def __enter__(self) -> "_CtrlC":
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.pressed:            # pressed again: do not wait for the loop any more
+            self.previous(signum, frame)
+        self.pressed = True
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt here when Ctrl-C was pressed since the last check."""
+        if self.pressed:
+            raise KeyboardInterrupt
+
+
 class _Driver:
     """The scheduling loop of one batch (see run_batch)."""
 
@@ -668,12 +707,17 @@ class _Driver:
 
     # -- loop ---------------------------------------------------------------------------------------
     def run(self) -> BatchResult:
+        with _CtrlC() as ctrl_c:
+            return self._run(ctrl_c)
+
+    def _run(self, ctrl_c: "_CtrlC") -> BatchResult:
         ray = self.ray
         try:
             for _ in range(self.size):
                 self._spawn()
             # workers still loading the model when nothing is left to give them are not waited for
             while self.slots and (self.pending or any(s.job is not None for s in self.slots.values())):
+                ctrl_c.check()      # once a pass: a result that came in before Ctrl-C is still saved
                 done, _ = ray.wait(list(self.slots), num_returns=1, timeout=1.0)
                 for ref in done:
                     slot = self.slots.pop(ref)
