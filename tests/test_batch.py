@@ -26,7 +26,7 @@ except ImportError as exc:   # the test extra installs it (scripts/setup.sh); a 
     raise ImportError("tests/test_batch.py needs ray: pip install -e '.[test]'") from exc
 
 from bas_engine import cli
-from bas_engine.batch import BatchInterrupted, SceneJob, discover_scenes, run_batch
+from bas_engine.batch import BatchInterrupted, SceneJob, _CtrlC, discover_scenes, run_batch
 from bas_engine.config import TrainConfig
 from bas_engine.errors import InputError
 from bas_engine.pack import load_pack, read_pack_meta
@@ -247,6 +247,24 @@ def test_ctrl_c_that_lands_where_exceptions_are_dropped_still_stops_the_batch(ra
     assert sorted(p.stem for p in tmp_path.glob("*.safetensors")) == [r["scene"] for r in
                                                                      caught.value.result.records
                                                                      if r["status"] == "done"]
+
+
+def test_ctrl_c_flag_raises_at_the_check_a_second_press_at_once_and_leaves_other_handlers_alone():
+    with _CtrlC() as ctrl_c:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)                        # nothing raised where the signal landed
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c.check()
+        with pytest.raises(KeyboardInterrupt):  # a second press does not wait for the loop
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)    # as in a job started with `&` by a script
+    try:
+        with _CtrlC():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_scene_listing_errors_name_the_input(tmp_path, scenes):
