@@ -524,9 +524,9 @@ class _CtrlC:
 
     Python raises KeyboardInterrupt wherever the main thread happens to run Python code, and the driver's
     main thread also runs code whose exceptions are printed as "Exception ignored" and dropped: finalizers
-    (`__del__`) and the callbacks Ray's C++ core calls back into (the call-site recorder of `.remote()`,
-    say). A Ctrl-C that lands there is lost and the batch goes on as if nothing was pressed. A handler that
-    only sets a flag cannot be lost; the loop wakes at least once a second (`ray.wait` timeout) to read it.
+    (`__del__`) and Cython callbacks from Ray's C++ core that return nothing (ray-project/ray#7734). A Ctrl-C
+    that lands there is lost and the batch goes on as if nothing was pressed. A handler that only sets a flag
+    cannot be lost; the loop wakes at least once a second (`ray.wait` timeout) to read it.
     Installed only over Python's default handler and on the main thread (a handler someone else set, or an
     ignored SIGINT, is left alone); a second Ctrl-C while the batch is stopping interrupts at once.
     """
