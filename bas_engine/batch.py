@@ -551,7 +551,7 @@ class _CtrlC:
         self.pressed = True
 
     def check(self) -> None:
-        """Raise KeyboardInterrupt here when Ctrl-C was pressed since the last check."""
+        """Raise KeyboardInterrupt here if Ctrl-C has been pressed."""
         if self.pressed:
             raise KeyboardInterrupt
 
