@@ -30,6 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ from bas_toyworld.model import (  # noqa: E402
     weights_size_mb,
 )
 from bas_toyworld.tokenizer import build_tokenizer, load_tokenizer  # noqa: E402
-from bas_toyworld.world import caption, random_spec, render_scene  # noqa: E402
+from bas_toyworld.world import SHAPES, SceneSpec, caption, random_spec, render_scene  # noqa: E402
 
 # Nominal seconds per step with 2 threads on the 2-core dev machine (batch sizes below).
 NOMINAL_VAE_STEP_S = 0.30  # batch 8
@@ -349,12 +350,8 @@ def object_weighted_mse(pred: torch.Tensor, target: torch.Tensor, objects: torch
     return (weights * err).sum(dim=(1, 2, 3)) / weights.sum(dim=(1, 2, 3))
 
 
-def other_shape(spec, i: int):
+def other_shape(spec: SceneSpec, i: int) -> SceneSpec:
     """The one-object scene with its object's shape replaced by another one (which one cycles with ``i``)."""
-    from dataclasses import replace
-
-    from bas_toyworld.world import SHAPES
-
     o = spec.objects[0]
     return replace(spec, objects=(replace(o, shape=SHAPES[(SHAPES.index(o.shape) + 1 + i % 5) % len(SHAPES)]),))
 
@@ -575,12 +572,10 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"fork of the run in {out / STATE_FILE}: " + ", ".join(f"--{k.replace('_', '-')} {v[0]!r} -> {v[1]!r}"
                                                                         for k, v in forked.items()), flush=True)
         if "config" in differ and a.fork:
-            from dataclasses import replace as with_fields
-
             was, now = TOY_CONFIGS[before.get("config", "v1")], TOY_CONFIGS[a.config]
             kept = {"prediction_type": was.prediction_type, "zero_terminal_snr": was.zero_terminal_snr,
                     "text_at_top": was.text_at_top}
-            if with_fields(now, **kept) != was or (was.text_at_top and not now.text_at_top):
+            if replace(now, **kept) != was or (was.text_at_top and not now.text_at_top):
                 ap.error(f"--fork --config {a.config}: the state holds a {before.get('config', 'v1')!r} model of "
                          "another architecture; a fork may change only the schedule (prediction type, zero SNR) "
                          "and add cross-attention at the top level")
