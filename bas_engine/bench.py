@@ -20,7 +20,7 @@ import torch
 
 from .attention import AttentionStore
 from .config import TrainConfig
-from .latents import CachedPosterior
+from .diffusers_model import DiffusersModel
 from .trainer import TrainingRun
 
 PRESET_RESOLUTION = {"tiny": 64, "sd15": 512, "sdxl": 1024}
@@ -49,29 +49,35 @@ class KeepAllProbsProcessor:
         return attn.to_out[1](attn.to_out[0](out)) / attn.rescale_output_factor
 
 
-class OfficialEquivalentRun(TrainingRun):
-    """TrainingRun with the official implementation's costs (see the module docstring)."""
+class OfficialEquivalentModel(DiffusersModel):
+    """The diffusers adapter with classic attention everywhere, every probability kept (the official AttentionStore)."""
 
     keep_base_weights = False  # the official code saves the whole model, so it keeps no base copy
 
-    def __enter__(self) -> "OfficialEquivalentRun":
-        super().__enter__()
+    def attention_hooks(self, downscale: int):
+        capture = super().attention_hooks(downscale)   # its release puts the caller's processors back
         self.kept: list[torch.Tensor] = []
         unet = self.c.unet
         unet.set_attn_processor({
-            name: KeepAllProbsProcessor(self.kept, self.capture.store, name, name in self.capture.layers)
+            name: KeepAllProbsProcessor(self.kept, capture.store, name, name in capture.layers)
             for name in unet.attn_processors})
-        return self
+        return capture
+
+
+class OfficialEquivalentRun(TrainingRun):
+    """TrainingRun with the official implementation's costs (see the module docstring)."""
+
+    def __init__(self, components, scene, config, device, cache_dir=None):
+        super().__init__(OfficialEquivalentModel(components), scene, config, device, cache_dir)
 
     def make_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, weight_decay=self.config.weight_decay, foreach=False, fused=False)
 
     def training_step(self, draws):
-        self.kept.clear()
+        self.model.kept.clear()
         image = self.scene_t.image[None] * 2 - 1
         # The official data loader hands pixels to the VAE every step.
-        self.scene_t.posteriors = (CachedPosterior.encode(self.c.vae, image),
-                                   CachedPosterior.encode(self.c.vae, image.flip(-1)))
+        self.scene_t.posteriors = (self.model.encode_pixels(image), self.model.encode_pixels(image.flip(-1)))
         return super().training_step(draws)
 
 
@@ -79,15 +85,15 @@ def configurations(device: torch.device, names: list[str] | None = None, preset:
                    ) -> dict[str, tuple[type, dict]]:
     """The configurations compared (all, or those named): run class and TrainConfig overrides.
 
-    SDXL: "engine" is the default SDXL configuration (LoRA, frozen weights in bf16, bf16 autocast, gradient
-    checkpointing); the official-equivalent (full fine-tune of UNet and both text encoders in fp32, about
+    SDXL: "engine" is the SDXL configuration meant for a 12 GB GPU (LoRA, frozen weights in bf16, bf16 autocast,
+    gradient checkpointing on; "auto" would decide by the device's free memory); the official-equivalent (full fine-tune of UNet and both text encoders in fp32, about
     56 GB of weights, gradients and AdamW state before any activation) runs only when named in --configs.
     """
     engine = dict(mode="lora", mixed_precision="no")
     official = dict(mode="full", train_text_encoder=True, mixed_precision="no")
     configs = {"engine": (TrainingRun, engine), "official-equivalent": (OfficialEquivalentRun, official)}
     if preset == "sdxl":
-        configs["engine"] = (TrainingRun, dict(engine, mixed_precision="bf16"))
+        configs["engine"] = (TrainingRun, dict(engine, mixed_precision="bf16", gradient_checkpointing="on"))
         names = names or ["engine"]
     elif device.type == "cuda":
         configs = {"engine-bf16": (TrainingRun, dict(engine, mixed_precision="bf16")), **configs}
@@ -149,17 +155,20 @@ def time_interleaved(preset: str, resolution: int, steps: int, device: torch.dev
 
 
 def step_figures_per_configuration(preset: str, resolution: int, device: torch.device,
-                                   names: list[str] | None = None, simulated: bool = False) -> dict[str, dict]:
+                                   names: list[str] | None = None, simulated: bool = False,
+                                   overrides: dict | None = None) -> dict[str, dict]:
     """simulate.step_figures of both phases for each configuration: operations per step, and with ``simulated``
     also the peak memory, from a run on fake tensors on the CPU (nothing computed, so any preset and resolution
-    runs on any machine in about a minute; see simulate.py for what the figure is and is not)."""
+    runs on any machine in about a minute; see simulate.py for what the figure is and is not). ``overrides``:
+    TrainConfig settings applied to every configuration (e.g. gradient_checkpointing)."""
     from .simulate import fake_tensors, step_figures
     from .testing import synthetic_scene
 
     scene = synthetic_scene(size=max(resolution, 64))
     figures = {}
-    for name, (cls, overrides) in configurations(device, names, preset).items():
-        config = TrainConfig(phase1_steps=2, phase2_steps=2, resolution=resolution, seed=0, **overrides)
+    for name, (cls, settings) in configurations(device, names, preset).items():
+        config = TrainConfig(phase1_steps=2, phase2_steps=2, resolution=resolution, seed=0,
+                             **{**settings, **(overrides or {})})
         with fake_tensors() if simulated else contextlib.nullcontext():
             with cls(_components(preset, name), scene, config, torch.device("cpu") if simulated else device) as run:
                 figures[name] = {phase: step_figures(run, phase, memory=simulated) for phase in (1, 2)}

@@ -1,15 +1,14 @@
 """The diffusers/transformers modules of one model, and what is read off them (family, fingerprint, names)."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .errors import ModelError
+from .fingerprint import model_fingerprint  # noqa: F401  (re-exported: components.model_fingerprint)
 from .families import (
     FAMILIES, SD1, SELF_CONTAINED_ADDITIONS, Family, TextEncoderSpec, family_for_unet, get_family, supported_labels,
 )
@@ -97,25 +96,3 @@ def detect_family(unet: UNet2DConditionModel) -> str:
             return family.key
     raise ModelError(f"this UNet takes extra conditioning {extra!r} (cross-attention width {context}); "
                      f"Break-A-Scene here supports {supported_labels()}")
-
-
-def model_fingerprint(unet: torch.nn.Module | Mapping[str, torch.Tensor], samples: int = 4096) -> str:
-    """A short hash of the base UNet weights, independent of dtype, device and parameter names.
-
-    Each tensor contributes its shape and a strided sample of its values rounded to fp16; the per-tensor
-    digests are sorted before hashing, so the same weights give the same fingerprint whether they sit in
-    a diffusers UNet (fp32) or in ComfyUI's LDM-keyed model (often fp16). Only the UNet is hashed: the
-    text encoders' layouts differ between formats (OpenCLIP's fused qkv), and a fine-tune changes the UNet.
-    """
-    state = unet.state_dict() if isinstance(unet, torch.nn.Module) else unet
-    digests = []
-    for tensor in state.values():
-        if not torch.is_tensor(tensor) or not tensor.is_floating_point():
-            continue
-        flat = tensor.detach().reshape(-1)
-        stride = max(1, flat.numel() // samples)
-        sample = flat[::stride][:samples].to("cpu", torch.float16)
-        digest = hashlib.sha256(str(tuple(tensor.shape)).encode())
-        digest.update(sample.numpy().tobytes())
-        digests.append(digest.hexdigest())
-    return hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()[:16]

@@ -7,14 +7,16 @@ target size). What comes from which encoder is read from the family table (``fam
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
 
-from .components import SDComponents
 from .families import TextEncoderSpec
 from .handles import Handles
+
+if TYPE_CHECKING:
+    from .components import SDComponents
 
 
 def time_ids(original_size: Sequence[int], crop_top_left: Sequence[int], target_size: Sequence[int],
@@ -63,7 +65,7 @@ class TextConditioning:
     every encoder's tokens and one set of attention-map columns serves the whole context.
     """
 
-    def __init__(self, components: SDComponents, tokens: Sequence[str], initializers: Sequence[str | None]):
+    def __init__(self, components: "SDComponents", tokens: Sequence[str], initializers: Sequence[str | None]):
         self.family = components.spec
         self.encoders: list[tuple[TextEncoderSpec, nn.Module, Handles]] = [
             (spec, encoder, Handles(tokenizer, encoder, tokens, initializers))

@@ -6,11 +6,10 @@ not flip-equivariant). Sampling from the cached mean and std is exactly `latent_
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
-
 from .scene import Scene, resize_masks
 
 
@@ -22,8 +21,8 @@ class CachedPosterior:
 
     @classmethod
     @torch.no_grad()
-    def encode(cls, vae: AutoencoderKL, pixels: torch.Tensor) -> "CachedPosterior":
-        """pixels: (B, 3, H, W) in [-1, 1] on the VAE's device."""
+    def encode(cls, vae, pixels: torch.Tensor) -> "CachedPosterior":
+        """A diffusers ``AutoencoderKL``'s posterior of (B, 3, H, W) pixels in [-1, 1] on the VAE's device."""
         dist = vae.encode(pixels.to(vae.dtype)).latent_dist
         return cls(dist.mean.float(), dist.std.float())
 
@@ -41,15 +40,16 @@ def training_size(height: int, width: int, resolution: int, multiple: int) -> tu
 class SceneTensors:
     """The scene at training size: posteriors (plain, flipped) and masks at latent and attention size."""
 
-    def __init__(self, scene: Scene, vae: AutoencoderKL, resolution: int, latent_multiple: int,
-                 vae_scale: int, attention_downscale: int, device: torch.device):
+    def __init__(self, scene: Scene, encode: Callable[[torch.Tensor], CachedPosterior], resolution: int,
+                 latent_multiple: int, vae_scale: int, attention_downscale: int, device: torch.device):
+        """``encode``: (B, 3, H, W) pixels in [-1, 1] -> their VAE posterior (the model adapter's)."""
         height, width = training_size(*scene.image.shape[-2:], resolution, latent_multiple)
         self.size = (height, width)
         image = F.interpolate(scene.image[None], size=(height, width), mode="bicubic", antialias=True,
                               align_corners=False).clamp(0, 1).to(device)
         pixels = image * 2 - 1
         both = torch.cat([pixels, pixels.flip(-1)])
-        posterior = CachedPosterior.encode(vae, both)
+        posterior = encode(both)
         self.posteriors = (CachedPosterior(posterior.mean[:1], posterior.std[:1]),
                            CachedPosterior(posterior.mean[1:], posterior.std[1:]))
         self.latent_size = (height // vae_scale, width // vae_scale)

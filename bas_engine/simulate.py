@@ -125,7 +125,7 @@ def step_figures(run, phase: int, memory: bool = True, flops: bool = True) -> di
     if memory:
         gc.collect()  # garbage of earlier work is not this step's (during the step, collection runs as it would)
         tracker = LiveTensorBytes()
-        tracker.track_modules(list(run.c.modules()))
+        tracker.track_modules(list(run.model.c.modules()))
         with tracker:
             run.optimize(optimizer, draw())
             tracker.reset_peak()

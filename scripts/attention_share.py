@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from bas_engine.attention import AttentionStore, CaptureAttnProcessor
+from bas_engine.attention import AttentionStore
+from bas_engine.diffusers_attention import CaptureAttnProcessor
 from bas_toyworld.model import load_pipeline
 from bas_toyworld.toy_eval import heldout_cases
 from bas_toyworld.world import render_scene

@@ -9,7 +9,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from bas_engine.attention import AttentionCapture, cross_attention_layers
+from bas_engine.diffusers_attention import AttentionCapture, cross_attention_layers
 from bas_engine.handles import Handles, default_tokens
 from bas_engine.losses import attention_loss
 

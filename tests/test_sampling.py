@@ -6,7 +6,7 @@ import itertools
 import torch
 
 from bas_engine.handles import Handles, default_tokens
-from bas_engine.latents import SceneTensors
+from bas_engine.latents import CachedPosterior, SceneTensors
 from bas_engine.sampling import ConceptSampler
 
 TOKENS = default_tokens(3)
@@ -78,7 +78,7 @@ def test_batch_draws_independent_subsets():
 def test_flips_are_joint(tiny, scene3):
     """SceneTensors.batch flips latents and masks exactly when the draw flips."""
     vae = tiny.vae
-    tensors = SceneTensors(scene3, vae, 64, 8, 2, 4, torch.device("cpu"))
+    tensors = SceneTensors(scene3, lambda pixels: CachedPosterior.encode(vae, pixels), 64, 8, 2, 4, torch.device("cpu"))
     assert tensors.latent_size == (32, 32) and tensors.attention_size == (8, 8)
     # the masks are not mirror-symmetric, so a flip is visible
     assert not torch.equal(tensors.latent_masks, tensors.latent_masks.flip(-1))
