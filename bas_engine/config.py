@@ -55,7 +55,9 @@ class TrainConfig:
     num_class_images: int = setting(20, "number of class images for prior preservation", min=1, max=10000)
     prior_loss_weight: float = setting(1.0, "weight of the prior-preservation loss", min=0.0, max=100.0)
     class_inference_steps: int = setting(30, "sampling steps per class image", min=1, max=1000)
-    gradient_checkpointing: bool = setting(False, "recompute activations in backward: less memory, slower")
+    gradient_checkpointing: str = setting("auto", "recompute activations in backward (less memory, slower): auto = "
+                                                  "only where the memory estimate says the run would not fit without "
+                                                  "it", choices=("auto", "on", "off"))
     mixed_precision: str = setting("auto", "auto: bf16 (fp16 where bf16 is missing) on CUDA, fp32 on CPU",
                                    choices=("auto", "no", "bf16", "fp16"))
     max_grad_norm: float = setting(1.0, "gradient clipping norm", min=0.0, max=1e6)
@@ -64,6 +66,11 @@ class TrainConfig:
                                        optional=True)
     attention_downscale: int = setting(4, "attention maps from the layers at 1/N of the latent resolution",
                                        min=1, max=64)
+
+    def __post_init__(self) -> None:
+        # True / False are accepted for gradient_checkpointing (the Python API's earlier spelling)
+        if isinstance(self.gradient_checkpointing, bool):
+            self.gradient_checkpointing = "on" if self.gradient_checkpointing else "off"
 
     @property
     def denoiser_lr(self) -> float:

@@ -31,6 +31,8 @@ class TextEncoderSpec:
     config_file: str
     #: key prefix of its weights in ComfyUI's CLIP ModelPatcher (weight patches)
     comfy_prefix: str
+    #: key of its token lists in what ComfyUI's tokenizer returns ("l" for clip_l: {"l": [[(token, weight), ...]]})
+    comfy_tokens: str
     #: prefix of its modules in a kohya LoRA file
     kohya_prefix: str
     #: key of its vector in an embedding file; None: the file has one key, the token (SD1.x / SD2.x custom)
@@ -64,9 +66,6 @@ class Family:
     #: the encoder whose projected end-of-text state is the UNet's pooled text input (SDXL's "text_time"
     #: extra conditioning, with the size/crop time ids); None: the UNet takes only the token states
     pooled_encoder: str | None = None
-    #: train with gradient checkpointing whatever the settings say: the family's default training step is meant to
-    #: fit a 24 GB GPU (SDXL at 1024 px; scripts/sdxl_memory.py prints the peak, docs/SDXL.md)
-    gradient_checkpointing: bool = False
     #: the VAE's latent scaling factor (single-file checkpoints do not store it)
     vae_scaling_factor: float = 0.18215
 
@@ -86,7 +85,7 @@ SD1 = Family(
     text_encoders=(TextEncoderSpec(
         name="clip_l", width=768, checkpoint_prefix="cond_stage_model.transformer.", checkpoint_layout="hf",
         drop_last_layer=False, hidden_state="last", config_file="sd1_text_encoder.json",
-        comfy_prefix="clip_l.transformer.text_model.", kohya_prefix="lora_te"),),
+        comfy_prefix="clip_l.transformer.text_model.", comfy_tokens="l", kohya_prefix="lora_te"),),
 )
 
 SD2 = Family(
@@ -94,12 +93,13 @@ SD2 = Family(
     text_encoders=(TextEncoderSpec(
         name="clip_h", width=1024, checkpoint_prefix="cond_stage_model.model.", checkpoint_layout="openclip",
         drop_last_layer=True, hidden_state="last", config_file="sd2_text_encoder.json",
-        comfy_prefix="clip_h.transformer.text_model.", kohya_prefix="lora_te", pad_token="!"),),
+        comfy_prefix="clip_h.transformer.text_model.", comfy_tokens="h", kohya_prefix="lora_te",
+        pad_token="!"),),
 )
 
 SDXL = Family(
     key="sdxl", label="SDXL", context_dim=2048, native_resolution=1024, addition_embed_type="text_time",
-    pooled_encoder="clip_g", gradient_checkpointing=True, vae_scaling_factor=0.13025,
+    pooled_encoder="clip_g", vae_scaling_factor=0.13025,
     # the distilled SDXL shapes ComfyUI detects (comfy/supported_models.py) take the same conditioning
     comfy_model_configs=("SDXL", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B"),
     # SDXL's mid block sits at 1/4 of the latent resolution too (SD1/SD2's is at 1/8). It is left out: the
@@ -111,12 +111,12 @@ SDXL = Family(
         TextEncoderSpec(
             name="clip_l", width=768, checkpoint_prefix="conditioner.embedders.0.transformer.",
             checkpoint_layout="hf", drop_last_layer=False, hidden_state="penultimate",
-            config_file="sd1_text_encoder.json", comfy_prefix="clip_l.transformer.text_model.",
+            config_file="sd1_text_encoder.json", comfy_prefix="clip_l.transformer.text_model.", comfy_tokens="l",
             kohya_prefix="lora_te1", embedding_key="clip_l"),
         TextEncoderSpec(
             name="clip_g", width=1280, checkpoint_prefix="conditioner.embedders.1.model.",
             checkpoint_layout="openclip", drop_last_layer=False, hidden_state="penultimate",
-            config_file="sdxl_text_encoder_2.json", comfy_prefix="clip_g.transformer.text_model.",
+            config_file="sdxl_text_encoder_2.json", comfy_prefix="clip_g.transformer.text_model.", comfy_tokens="g",
             kohya_prefix="lora_te2", embedding_key="clip_g", pad_token="!"),
     ),
 )

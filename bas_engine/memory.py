@@ -1,11 +1,15 @@
-"""Will a training run fit? A rough estimate of the device memory a run needs, checked before anything is
-allocated, so that a size that cannot fit is a clear error that says what would fit, not an allocator traceback.
+"""Will a training run fit? A rough estimate of the memory a run needs, checked before anything is allocated, so
+that a size that cannot fit is a clear error that says what would fit (not an allocator traceback), and so that
+gradient checkpointing is turned on only where the run would not fit without it.
 
-The estimate is deliberately simple: the weights that still have to move to the device, plus the activations
-kept for the backward pass, which grow with the latent pixels times the UNet's widths. It is checked on CUDA,
-where free memory is known (``torch.cuda.mem_get_info``); sizes are also bounded by TrainConfig's range.
+The estimate is deliberately simple: the weights that still have to move to the device, plus the activations kept
+for the backward pass, which grow with the latent pixels times the denoiser's widths. Both model adapters use it:
+the diffusers one against the device's free memory, ComfyUI's as the ``memory_required`` it gives ComfyUI's model
+management (which then offloads other models to make room).
 """
 from __future__ import annotations
+
+from typing import Callable, Sequence
 
 import torch
 
@@ -18,14 +22,11 @@ ACTIVATIONS_PER_CHANNEL_PIXEL = {False: 48, True: 12}
 HEADROOM = 1.15
 
 
-def activation_bytes(unet: torch.nn.Module, latent_pixels: int, batch: int, checkpointing: bool,
+def activation_bytes(widths: Sequence[int], blocks: int, latent_pixels: int, batch: int, checkpointing: bool,
                      bytes_per_element: int) -> int:
     """Activations of one training step: per UNet level, its width times its pixels (each level halves the
-    side), for the down and the up path."""
-    channels = list(unet.config.block_out_channels)
-    blocks = unet.config.layers_per_block if isinstance(unet.config.layers_per_block, int) else max(
-        unet.config.layers_per_block)
-    per_pixel = sum(width * (blocks + 1) / 4 ** level for level, width in enumerate(channels)) * 2
+    side), for the down and the up path. ``widths``: channels per level; ``blocks``: ResNets per level."""
+    per_pixel = sum(width * (blocks + 1) / 4 ** level for level, width in enumerate(widths)) * 2
     return int(per_pixel * latent_pixels * batch * ACTIVATIONS_PER_CHANNEL_PIXEL[checkpointing] * bytes_per_element)
 
 
@@ -39,38 +40,46 @@ def weight_bytes(modules: list[torch.nn.Module], device: torch.device) -> int:
     return total
 
 
-def training_bytes(unet: torch.nn.Module, modules: list[torch.nn.Module], latent_size: tuple[int, int],
-                   batch: int, checkpointing: bool, bytes_per_element: int, device: torch.device) -> int:
-    """Estimated device memory a run needs on top of what the device already holds (`modules`: every module
-    of the model, the UNet included)."""
-    weights = weight_bytes(modules, device)
-    activations = activation_bytes(unet, latent_size[0] * latent_size[1], batch, checkpointing, bytes_per_element)
-    return int((weights + activations) * HEADROOM)
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory of the device: CUDA's free memory, the system's available memory for the CPU; None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
 
 
-def check_fits(unet: torch.nn.Module, modules: list[torch.nn.Module], image_size: tuple[int, int],
-               vae_scale: int, batch: int, checkpointing: bool, bytes_per_element: int, device: torch.device,
-               free_bytes: int | None = None) -> None:
-    """InputError (field "resolution") when the estimate exceeds the free memory of a CUDA device.
+def plan_checkpointing(needed: Callable[[int, int, bool], int], image_size: tuple[int, int], setting: str,
+                       device: torch.device, free_bytes: int | None = None) -> bool:
+    """Whether to train with gradient checkpointing, and an InputError (field "resolution") when the run cannot fit.
 
-    ``free_bytes`` defaults to what CUDA reports; on other devices nothing is checked (without a free-memory
-    figure an estimate cannot decide). The message gives the largest square resolution that would fit.
+    ``needed(height, width, checkpointing)``: the estimated bytes of a run at that image size. ``setting``: "on",
+    "off" or "auto" (checkpointing only when the run would not fit without it; ``TrainConfig.gradient_checkpointing``). ``free_bytes`` defaults to what the
+    device reports (``available_bytes``). A size that does not fit is refused on CUDA only, where the free memory is
+    the hard limit; on the CPU the estimate only decides "auto" (the system may swap or overcommit). The message
+    gives the largest square resolution that would fit.
     """
     if free_bytes is None:
-        if device.type != "cuda":
-            return
-        free_bytes, _ = torch.cuda.mem_get_info(device)
-
-    def needed(height: int, width: int) -> int:
-        return training_bytes(unet, modules, (height // vae_scale, width // vae_scale), batch, checkpointing,
-                              bytes_per_element, device)
-
-    need = needed(*image_size)
+        free_bytes = available_bytes(device)
+    if setting != "auto":
+        checkpointing = setting == "on"
+    else:
+        checkpointing = free_bytes is not None and needed(*image_size, False) > free_bytes
+    if free_bytes is None or device.type != "cuda":
+        return checkpointing
+    need = needed(*image_size, checkpointing)
     if need <= free_bytes:
-        return
-    fitting = [side for side in range(64, max(image_size) + 1, 64) if needed(side, side) <= free_bytes]
+        return checkpointing
+    could = setting != "off"        # "auto" already tried checkpointing
+    fitting = [side for side in range(64, max(image_size) + 1, 64) if needed(side, side, could) <= free_bytes]
     advice = (f"resolution {fitting[-1]} would fit" if fitting else
               "not even resolution 64 fits: free memory or use a smaller model")
-    hint = "" if checkpointing else "; gradient checkpointing would lower the need"
+    hint = "; gradient checkpointing (on or auto) would lower the need" if setting == "off" else ""
     raise InputError(f"resolution: training at {image_size[1]}x{image_size[0]} needs about {need / 2**30:.1f} GiB "
                      f"on {device}, but {free_bytes / 2**30:.1f} GiB are free; {advice}{hint}", field="resolution")
