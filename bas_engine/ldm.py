@@ -33,6 +33,7 @@ from diffusers.loaders import single_file_utils as sfu
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .components import SDComponents
+from . import weight_names
 from .errors import ModelError
 from .families import SD1, TextEncoderSpec, family_for_checkpoint_keys, family_for_unet, get_family, supported_labels
 
@@ -389,15 +390,10 @@ def _convert_text_encoder(state_dict: Mapping[str, torch.Tensor], encoder: TextE
 
 
 def diffusers_to_comfy_clip_keys(text_encoder_or_names, encoder: TextEncoderSpec) -> dict[str, str]:
-    """transformers CLIPTextModel parameter name (no ``text_model.``) -> ComfyUI CLIP patcher key
-    (the encoder's ``comfy_prefix``, e.g. ``clip_l.transformer.text_model.*``)."""
+    """``weight_names.diffusers_to_comfy_clip_keys`` of a CLIPTextModel's parameters (or of the names given)."""
     names = (text_encoder_or_names.state_dict().keys() if isinstance(text_encoder_or_names, torch.nn.Module)
              else text_encoder_or_names)
-    prefix = encoder.comfy_prefix
-    # the pooled encoder's projection sits beside the text model: clip_g.transformer.text_projection.weight
-    beside = prefix.removesuffix("text_model.")
-    return {n: (beside + n if n == "text_projection.weight" else prefix + n.removeprefix("text_model."))
-            for n in names if not n.endswith("position_ids")}
+    return weight_names.diffusers_to_comfy_clip_keys(names, encoder)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -7,40 +7,19 @@ CLIP clone, named like the exported files (``embedding:<pack>_<concept>``).
 """
 from __future__ import annotations
 
-import copy
 import logging
 
 import torch
 from comfy_api.latest import io
 
-from .common import CATEGORY, UserError, check_clip, clip_encoders, model_family
-from .common import unet_fingerprint, user_error
+from .common import CATEGORY, UserError, check_clip, clip_encoders, model_family, unet_fingerprint, user_error
+from .handle_tokens import installed_handles, tokenizer_with_vectors
 from .types import Concepts, ConceptsType
 
 log = logging.getLogger("break_a_scene")
 
 
 # -- handle embeddings on a CLIP -------------------------------------------------------------------------------
-
-class HandleLookup:
-    """Stands in for an SDTokenizer's ``_try_get_embedding``: the pack's handles first, then ComfyUI's lookup
-    (files in the embedding folders)."""
-
-    def __init__(self, handles: dict[str, torch.Tensor], fallback):
-        self.handles = handles
-        self.fallback = fallback
-
-    def __call__(self, embedding_name: str):
-        words = embedding_name.split()
-        if words:
-            name, leftover = words[0], " ".join(words[1:])
-            if name in self.handles:
-                return self.handles[name], leftover
-            stripped = name.strip(",")
-            if stripped in self.handles:
-                return self.handles[stripped], f"{name[len(stripped):]} {leftover}"
-        return self.fallback(embedding_name)
-
 
 def handle_vectors(concepts: Concepts, encoder: str) -> dict[str, torch.Tensor]:
     """{embedding name: (1, dim) float32 vector} of the pack's handles for the CLIP's text encoder."""
@@ -55,14 +34,6 @@ def handle_vectors(concepts: Concepts, encoder: str) -> dict[str, torch.Tensor]:
     return {stem: vectors[i:i + 1] for i, stem in enumerate(concepts.stems())}
 
 
-def installed_handles(clip, encoder: str | None = None) -> dict[str, torch.Tensor]:
-    """The handles installed in the CLIP's tokenizer of `encoder` (default: its first text encoder)."""
-    tokenizer = clip.tokenizer
-    inner = getattr(tokenizer, encoder or clip_encoders(clip)[0], None)
-    lookup = getattr(inner, "_try_get_embedding", None)
-    return lookup.handles if isinstance(lookup, HandleLookup) else {}
-
-
 def has_handles(clip, concepts: Concepts) -> bool:
     for encoder in clip_encoders(clip):
         installed = installed_handles(clip, encoder)
@@ -75,23 +46,15 @@ def has_handles(clip, concepts: Concepts) -> bool:
 def install_handles(clip, concepts: Concepts) -> None:
     """Give `clip` (a clone: its tokenizer object is replaced, not changed) the pack's handles as embeddings, in
     every text encoder's tokenizer (SDXL: clip_l and clip_g, each with its own vectors)."""
-    tokenizer = copy.copy(clip.tokenizer)
+    vectors = {}
     for encoder in clip_encoders(clip):
-        inner = getattr(tokenizer, encoder)
-        vectors = handle_vectors(concepts, encoder)
-        size = getattr(inner, "embedding_size", None)
-        for name, vec in vectors.items():
+        vectors[encoder] = handle_vectors(concepts, encoder)
+        size = getattr(getattr(clip.tokenizer, encoder), "embedding_size", None)
+        for name, vec in vectors[encoder].items():
             if size is not None and vec.shape[-1] != size:
                 raise UserError(f"concepts: handle {name} has {vec.shape[-1]} values, this CLIP's {encoder} embeds "
                                 f"{size}; the pack was made for another model family")
-        new_inner = copy.copy(inner)
-        handles = {**installed_handles(clip, encoder), **vectors}
-        fallback = type(inner)._try_get_embedding.__get__(new_inner)
-        new_inner._try_get_embedding = HandleLookup(handles, fallback)
-        if new_inner.embedding_directory is None:       # ComfyUI ignores 'embedding:' without a directory
-            new_inner.embedding_directory = []
-        setattr(tokenizer, encoder, new_inner)
-    clip.tokenizer = tokenizer
+    clip.tokenizer = tokenizer_with_vectors(clip.tokenizer, vectors)
 
 
 # -- weights -----------------------------------------------------------------------------------------------------
@@ -130,10 +93,10 @@ def apply_lora(model, clip, pack, strength_model: float, strength_clip: float):
 
 
 def apply_deltas(model, clip, pack, family: str, strength_model: float, strength_clip: float):
-    from ..bas_engine.ldm import diffusers_to_comfy_clip_keys, diffusers_to_ldm_unet_keys, diffusers_unet_config
+    from ..bas_engine.families import get_family
+    from ..bas_engine.weight_names import diffusers_to_comfy_clip_keys, ldm_to_diffusers_unet_keys
 
     unet_deltas = {k[len("unet."):]: v for k, v in pack.deltas.items() if k.startswith("unet.")}
-    from ..bas_engine.families import get_family
 
     # pack prefix of each text encoder ("text_encoder", SDXL's "text_encoder_2") -> its family entry
     specs = {("text_encoder" if i == 0 else f"text_encoder_{i + 1}"): spec
@@ -145,7 +108,9 @@ def apply_deltas(model, clip, pack, family: str, strength_model: float, strength
         raise UserError(f"concepts: unexpected weight deltas in the pack ({', '.join(other[:3])})")
     new_model, new_clip = model.clone(), clip.clone()
     if unet_deltas:
-        names = diffusers_to_ldm_unet_keys(diffusers_unet_config(model.model.model_config.unet_config, family=family))
+        diffusion_model = model.model.diffusion_model
+        ldm = ldm_to_diffusers_unet_keys(diffusion_model.state_dict(), max(diffusion_model.num_res_blocks))
+        names = {diffusers: name for name, diffusers in ldm.items()}          # diffusers name -> the model's
         unknown = [k for k in unet_deltas if k not in names]
         if unknown:
             raise UserError(f"concepts: the pack changes UNet weights this model does not have "
