@@ -146,15 +146,19 @@ def check_clip(clip, family: str, what: str = "clip") -> list[str]:
     return encoders
 
 
-def comfy_tokenizer_dir() -> str:
-    """ComfyUI's bundled CLIP tokenizer (SD1 and SD2 both use it)."""
-    import comfy.sd1_clip
-
-    return os.path.join(os.path.dirname(os.path.abspath(comfy.sd1_clip.__file__)), "sd1_tokenizer")
+def base_state_dict(model) -> dict:
+    """The MODEL's denoiser weights without the patches ComfyUI may have merged into them while it is loaded (their
+    originals wait in the patcher's backup, shared by its clones): the checkpoint's weights, loaded or not."""
+    state = model.model.diffusion_model.state_dict()
+    for key, backup in model.backup.items():
+        name = key.removeprefix("diffusion_model.")
+        if key.startswith("diffusion_model.") and name in state:
+            state[name] = backup.weight
+    return state
 
 
 def unet_fingerprint(model) -> str:
-    """Fingerprint of the MODEL's base UNet weights, as the engine stores it in packs (no conversion)."""
-    from ..bas_engine.components import model_fingerprint
+    """Fingerprint of the MODEL's base denoiser weights, as the engine stores it in packs (no conversion)."""
+    from ..bas_engine.fingerprint import model_fingerprint
 
-    return model_fingerprint(model.model.diffusion_model.state_dict())
+    return model_fingerprint(base_state_dict(model))

@@ -1,8 +1,9 @@
 """BreakASceneTrainer: ComfyUI MODEL/CLIP/VAE + scene -> trained concept pack (saved, or loaded from the cache).
 
-Translation only: the model is converted with ``bas_engine.ldm.components_from_ldm`` and trained by
-``bas_engine.trainer.train``; this module maps ComfyUI's progress bar, previews, interrupt and memory
-management onto the engine's callbacks.
+Translation only: ComfyUI's own loaded model is trained in place by the engine's training loop
+(``bas_engine.trainer.train``) through the model adapter in ``comfy_model/`` (no second copy of the model, no
+diffusers); this module maps ComfyUI's progress bar, previews, interrupt and memory management onto the engine's
+callbacks.
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import traceback
 import torch
 from comfy_api.latest import io
 
-from .common import (CATEGORY, UserError, check_clip, check_name, comfy_tokenizer_dir, model_family, packs_dir,
-                     prediction_type, unet_fingerprint, user_error)
+from .common import (CATEGORY, UserError, check_clip, check_name, model_family, packs_dir, prediction_type,
+                     unet_fingerprint, user_error)
 from .live import send_cached
 from .scene import scene_labels
 from .types import Concepts, ConceptsType, Scene
@@ -151,42 +152,37 @@ def release_memory() -> None:
     comfy.model_management.soft_empty_cache()
 
 
-def train_pack(model, clip, vae, scene, config, node_id):
-    """Convert ComfyUI's model to diffusers modules, train, and return (pack, progress)."""
+def train_pack(model, clip, vae, scene, config, node_id, family: str):
+    """Train ComfyUI's MODEL / CLIP in place on the scene and return (pack, progress).
+
+    The MODEL and CLIP that flowed in are unchanged afterwards however training ends (the adapter works on clones
+    and undoes what it attached to shared layers), and the training memory is given back.
+    """
     import comfy.model_management as mm
 
     from ..bas_engine.callbacks import TrainCallbacks
     from ..bas_engine.errors import BASError, Cancelled
-    from ..bas_engine.ldm import components_from_ldm
-
-    if getattr(model, "patches", None) or getattr(getattr(clip, "patcher", None), "patches", None):
-        log.warning("Break-A-Scene Trainer: the MODEL/CLIP carry weight patches (e.g. a LoRA); training uses the "
-                    "checkpoint's own weights without them")
-    labels = scene_labels(scene)
-    steps = max(config.phase1_steps, config.phase2_steps)
     from ..bas_engine.handles import default_tokens
+    from ..bas_engine.trainer import train
+    from .comfy_model import ComfyModel
     from .live import LiveView
 
+    labels = scene_labels(scene)
+    steps = max(config.phase1_steps, config.phase2_steps)
     live = LiveView(node_id, default_tokens(scene.num_concepts), list(scene.names))
     progress = _Progress(config.phase1_steps + config.phase2_steps, node_id, labels, live)
     callbacks = TrainCallbacks(on_progress=progress.on_progress, should_cancel=progress.should_cancel,
                                on_preview=progress.on_preview,
                                preview_every=max(1, min(50, steps // PREVIEWS_PER_PHASE)))
-    components = None
     cancelled = False
     try:
-        state = model.model.state_dict_for_saving(clip.get_sd(), vae.get_sd())
-        try:
-            components = components_from_ldm(state, comfy_tokenizer_dir(),
-                                             unet_config=model.model.model_config.unet_config,
-                                             prediction_type=prediction_type(model))
-        finally:
-            del state
-        from ..bas_engine.trainer import train
-
         with torch.inference_mode(False):
-            pack = train(components, scene, config, callbacks, device=mm.get_torch_device(),
-                         cache_dir=os.path.join(_temp_dir(), "break_a_scene"))
+            adapter = ComfyModel(model, clip, vae, family, prediction_type(model))
+            try:
+                pack = train(adapter, scene, config, callbacks, device=adapter.device,
+                             cache_dir=os.path.join(_temp_dir(), "break_a_scene"))
+            finally:
+                del adapter
         return pack, progress
     except Cancelled as exc:
         _clear_frames(exc)
@@ -198,10 +194,6 @@ def train_pack(model, clip, vae, scene, config, node_id):
         _clear_frames(exc)
         raise
     finally:
-        if components is not None:
-            # The dataclass may still be referenced from a traceback: empty it so the modules can go.
-            components.unet = components.vae = components.text_encoder = None
-        components = None
         release_memory()
     if cancelled:
         mm.throw_exception_if_processing_interrupted()       # clears ComfyUI's flag and raises
@@ -224,10 +216,11 @@ class Trainer(io.ComfyNode):
             description="Learns one handle per concept of the scene (phase 1: handles only; phase 2: handles + "
                         "LoRA or full fine-tune) and saves the concept pack to models/break_a_scene/<pack_name>."
                         "safetensors. The same model, scene and settings load the saved pack instead of training "
-                        "again. SD1.x and SD2.x checkpoints.",
+                        "again. Trains the loaded model in place (no second copy): SD1.x, SD2.x and SDXL checkpoints.",
             inputs=[
-                io.Model.Input("model", tooltip="The SD1.x / SD2.x model to learn the concepts on (its own weights; "
-                                                "LoRAs applied before this node are ignored)."),
+                io.Model.Input("model", tooltip="The SD1.x / SD2.x / SDXL model to learn the concepts on, as it comes "
+                                                "in (LoRAs applied before this node are trained on top of; use the "
+                                                "pack with them)."),
                 io.Clip.Input("clip", tooltip="The CLIP of the same checkpoint."),
                 io.Vae.Input("vae", tooltip="The VAE of the same checkpoint (encodes the picture once)."),
                 Scene.Input("scene", tooltip="The scene from the Masked Concept Loader."),
@@ -251,8 +244,6 @@ class Trainer(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, scene, pack_name: str = "scene", retrain: bool = False,
                 **settings) -> io.NodeOutput:
-        import comfy.model_management as mm
-
         from ..bas_engine.errors import PackError
         from ..bas_engine.pack import load_pack, pack_mismatch, save_pack
         from ..bas_engine.preview import mask_overlay, pil_to_tensor
@@ -266,7 +257,6 @@ class Trainer(io.ComfyNode):
         config = make_config(settings, scene.num_concepts)
         path = os.path.join(packs_dir(), pack_name + ".safetensors")
 
-        mm.unload_all_models()      # unpatched weights for the fingerprint, and room for training
         fingerprint = unet_fingerprint(model)
         if os.path.exists(path) and not retrain:
             try:
@@ -283,7 +273,8 @@ class Trainer(io.ComfyNode):
             raise UserError(f"pack_name: {path} already exists and was trained with {'; '.join(reasons)}. Choose "
                             "another pack_name, or turn on retrain to overwrite it.")
 
-        pack, progress = train_pack(model, clip, vae, scene, config, cls.hidden.unique_id if cls.hidden else None)
+        pack, progress = train_pack(model, clip, vae, scene, config, cls.hidden.unique_id if cls.hidden else None,
+                                    family)
         pack.meta["live_view"] = progress.live.snapshot()     # what a later cache hit shows in the node
         save_pack(pack, path)
         progress.live.finish(pack.meta.get("losses") or {})

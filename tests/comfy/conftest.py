@@ -17,6 +17,7 @@ embeddings, temp, output) is pointed at a temporary folder, so nothing lands in 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import shutil
 import sys
@@ -183,7 +184,7 @@ def bas(comfy_dirs):
     light = {f"{package}.bas_engine.{name}" for name in ("families", "config", "errors")} | {f"{package}.bas_engine"}
     engine_loaded = sorted(m for m in sys.modules if m.startswith(package + ".bas_engine") and m not in light)
     return SimpleNamespace(classes=classes, package=package, comfy_nodes=comfy_nodes, engine_at_load=engine_loaded,
-                           module=lambda name: sys.modules[f"{package}.{name}"])
+                           module=lambda name: importlib.import_module(f"{package}.{name}"))
 
 
 def _run_node(node_cls, unique_id: str = "1", **inputs):

@@ -64,7 +64,7 @@ def trained(bas, run_node, sdxl, scene, comfy_dirs):
 
 
 def test_trainer_on_an_sdxl_family_model(trained, sdxl):
-    from bas_engine.components import model_fingerprint
+    from bas_engine.fingerprint import model_fingerprint
     from bas_engine.pack import load_pack
 
     pack = load_pack(str(trained.path))
@@ -72,6 +72,19 @@ def test_trainer_on_an_sdxl_family_model(trained, sdxl):
     assert pack.handles["clip_l"].shape == (2, 768) and pack.handles["clip_g"].shape == (2, 1280)
     assert {k.split(".")[0] for k in pack.lora} == {"unet", "text_encoder", "text_encoder_2"}
     assert pack.meta["fingerprint"] == model_fingerprint(sdxl.model.model.diffusion_model.state_dict())
+
+
+def test_in_place_training_equals_the_engines(bas, sdxl):
+    """ComfyUI's SDXL-family model trained in place (both encoders' handles, the pooled G vector and the size
+    conditioning through the model's own encode_adm, LoRA on the UNet and both encoders) gives the engine's losses,
+    handles and LoRA for the same seed."""
+    from parity import assert_same_training, both_paths
+
+    engine, engine_losses, comfy, comfy_losses = both_paths(bas, sdxl, "sdxl", "epsilon", mode="lora",
+                                                            train_text_encoder=True)
+    assert_same_training(engine, engine_losses, comfy, comfy_losses, weight_atol=3e-5)
+    assert {k.split(".")[0] for k in comfy.lora} == {"unet", "text_encoder", "text_encoder_2"}
+    assert comfy.handles["clip_l"].shape == (2, 768) and comfy.handles["clip_g"].shape == (2, 1280)
 
 
 # -- parity with the engine --------------------------------------------------------------------------------------

@@ -1,0 +1,148 @@
+"""The handles in ComfyUI's own CLIP: one trainable vector per handle per text encoder, beside its embedding table.
+
+A handle is written into the training prompt as ``embedding:<name>``; ComfyUI's tokenizer puts a stand-in vector
+there (``handle_tokens``), and before every encoding the stand-in is replaced by the handle's live vector, which
+ComfyUI's text encoder takes as that position's input embedding (``SDClipModel.process_tokens``) — the way it takes
+any embedding. The embedding table is never written: every other row stays bit for bit what it was. The encoders
+run as the CLIP would run them for a prompt (its layer setting, its weight patches), through their own modules.
+
+ComfyUI's CLIP layers add their residuals in place (``x += attn(layer_norm1(x))``), which autograd refuses once
+the layer norm has saved ``x`` for the backward pass; for the run, each layer norm of the encoders gets a pre-hook
+that hands it a copy of its input (77 x width values), so gradients reach the handle vectors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ...bas_engine.errors import InputError
+from ...bas_engine.handles import DEFAULT_INITIALIZER
+from ...bas_engine.model_adapter import PromptBatch, SizeCondition, TextHandles
+from ...bas_engine.pack import HANDLE_RE
+from ..handle_tokens import tokenizer_with_vectors
+
+
+@dataclass(frozen=True)
+class HandleSlot:
+    """The place of handle ``index`` in a token list (its vector is put there at encoding)."""
+
+    index: int
+
+
+def _copy_input(module, args):
+    """Forward pre-hook: the layer norm works on a copy, so the in-place residual add after it keeps autograd whole."""
+    return (args[0].clone(),) + tuple(args[1:])
+
+
+def _stand_in_name(index: int) -> str:
+    return f"bas_training_handle_{index}"
+
+
+class ComfyText(TextHandles):
+    """The run's handles in every text encoder of a ComfyUI CLIP (a clone: its tokenizer is replaced, not changed)."""
+
+    def __init__(self, clip, family, tokens: Sequence[str], initializers: Sequence[str | None], device: torch.device):
+        self.clip, self.family, self.tokens = clip, family, list(tokens)
+        self.encoders = []                        # (family entry, ComfyUI's SDClipModel, trainable vectors)
+        stand_ins = {}
+        for spec in family.text_encoders:
+            model = getattr(clip.cond_stage_model, spec.name)
+            table = model.transformer.get_input_embeddings()
+            tokenizer = getattr(clip.tokenizer, spec.name)
+            rows = torch.stack([self._initial_vector(tokenizer, table, word) for word in initializers])
+            vectors = torch.nn.Parameter(rows.to(device, torch.float32))
+            self.encoders.append((spec, model, vectors))
+            # distinct stand-ins, told apart by their storage when they come back in the token lists
+            stand_ins[spec.name] = {_stand_in_name(i): torch.zeros(1, rows.shape[-1]) for i in range(len(self.tokens))}
+        self._stand_ins = stand_ins
+        self._tokenizer = tokenizer_with_vectors(clip.tokenizer, stand_ins)
+        self._cache: dict[str, tuple[dict[str, list], list[int]]] = {}
+        self._hooks = [module.register_forward_pre_hook(_copy_input)
+                       for _, model, _ in self.encoders for module in model.modules()
+                       if isinstance(module, torch.nn.LayerNorm)]
+
+    def remove_hooks(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+    @staticmethod
+    def _initial_vector(tokenizer, table, word: str | None) -> torch.Tensor:
+        """Mean of the initializer word's token rows (several when it splits into pieces)."""
+        word = word or DEFAULT_INITIALIZER
+        ids = tokenizer.tokenizer(word, add_special_tokens=False)["input_ids"]
+        ids = [i for i in ids if i < table.weight.shape[0]]
+        if not ids:
+            raise InputError(f"initializers: {word!r} does not tokenize to any known token", field="initializers")
+        with torch.no_grad():
+            return table.weight[ids].float().mean(0).cpu()
+
+    # -- TextHandles ----------------------------------------------------------------------------------------------
+    @property
+    def vectors(self) -> list[torch.nn.Parameter]:
+        return [vectors for _, _, vectors in self.encoders]
+
+    def handle_vectors(self) -> dict[str, torch.Tensor]:
+        return {spec.name: vectors.detach().float().cpu().clone() for spec, _, vectors in self.encoders}
+
+    def tokenize(self, prompts: list[str], device: torch.device) -> PromptBatch:
+        templates = {spec.name: [] for spec, _, _ in self.encoders}
+        positions = []
+        for prompt in prompts:
+            per_encoder, where = self._tokenize_one(prompt)
+            for name, template in per_encoder.items():
+                templates[name].append(template)
+            positions.append(where)
+        return PromptBatch(torch.tensor(positions, device=device), templates)
+
+    def _tokenize_one(self, prompt: str) -> tuple[dict[str, list], list[int]]:
+        """({encoder: token list with HandleSlots}, each handle's position or -1) of one prompt (cached)."""
+        if prompt in self._cache:
+            return self._cache[prompt]
+        text = HANDLE_RE.sub(lambda m: f" embedding:{_stand_in_name(self._handle_index(m.group(0)))} ", prompt)
+        tokenized = self._tokenizer.tokenize_with_weights(text)
+        per_encoder, where = {}, None
+        for spec, _, _ in self.encoders:
+            chunks = tokenized[spec.comfy_tokens]
+            if len(chunks) != 1:
+                raise InputError(f"class_prompt: {prompt!r} is longer than the text encoder's {len(chunks[0]) - 2} "
+                                 "tokens", field="class_prompt")
+            pointers = {self._stand_ins[spec.name][_stand_in_name(i)].data_ptr(): i for i in range(len(self.tokens))}
+            template, found = [], [-1] * len(self.tokens)
+            for position, (token, _weight) in enumerate(chunks[0]):
+                if torch.is_tensor(token):
+                    index = pointers[token.data_ptr()]
+                    template.append(HandleSlot(index))
+                    if found[index] < 0:
+                        found[index] = position
+                else:
+                    template.append(int(token))
+            if where is not None and found != where:
+                raise RuntimeError(f"the handles sit at other positions in the {spec.name} tokens than in the first "
+                                   "encoder's")
+            per_encoder[spec.name], where = template, found
+        self._cache[prompt] = (per_encoder, where)
+        return self._cache[prompt]
+
+    def _handle_index(self, handle: str) -> int:
+        try:
+            return self.tokens.index(handle)
+        except ValueError:
+            raise InputError(f"prompt: unknown handle {handle!r}; this run has {', '.join(self.tokens)}",
+                             field="prompt") from None
+
+    def encode(self, batch: PromptBatch, sizes: Sequence[SizeCondition]):
+        """(context, pooled vector or None, sizes): every encoder's states, combined as the family's UNet takes them
+        (features concatenated in the family's order; the pooled vector of the family's pooled encoder)."""
+        states, pooled = [], None
+        for spec, model, vectors in self.encoders:
+            token_lists = [[vectors[t.index] if isinstance(t, HandleSlot) else t for t in template]
+                           for template in batch.tokens[spec.name]]
+            hidden, projected = model(token_lists)[:2]
+            states.append(hidden)
+            if spec.name == self.family.pooled_encoder:
+                pooled = projected
+        context = states[0] if len(states) == 1 else torch.cat(states, dim=-1)
+        return context, pooled, list(sizes)
