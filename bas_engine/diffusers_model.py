@@ -4,9 +4,11 @@ Handles are swapped-in embedding modules (``handles.py``), the attention maps co
 (``diffusers_attention.py``), phase 2 wraps the attention projections in LoRA modules (``lora.py``) or trains the
 weights themselves, and noise follows the components' DDPM training scheduler. Everything is undone on release.
 
-Frozen modules run in the dtype they were given in (the CLI loads them in the compute dtype on CUDA:
-``models.load_model(dtype=...)``); what full mode trains is brought to fp32 for the run and back afterwards (exact:
-every bf16 / fp16 value is an fp32 value).
+Dtypes: modules that move to the training device for the run go there as copies, the frozen ones in the compute
+dtype (bf16 on CUDA; the VAE, used once, in its own), what full mode trains in fp32; afterwards every module gets its own tensors back (the
+originals were never touched: exact, and no second copy is kept). Modules already on the device stay in their
+dtype, except that what full mode trains is brought to fp32 and back (exact: every bf16 / fp16 value is an fp32
+value).
 """
 from __future__ import annotations
 
@@ -87,13 +89,18 @@ class DiffusersModel(ModelAdapter):
             return int((weight_bytes(list(c.modules()), device) + activations) * HEADROOM)
 
         checkpointing = plan_checkpointing(needed, image_size, config.gradient_checkpointing, device)
-        trained = self._trained_modules(config) if config.mode == "full" else {}
+        trained = list(self._trained_modules(config).values()) if config.mode == "full" else []
         for module in c.modules():
             self.on_release(_restore_module_state(module))
             module.requires_grad_(False)
-            if module in trained.values() and module.dtype != torch.float32:
-                module.to(torch.float32)          # trainable weights in fp32; back to their dtype afterwards
-            module.to(device)
+            is_trained = any(module is m for m in trained)
+            # the VAE encodes the scene once and keeps its dtype (SDXL's VAE overflows in fp16)
+            dtype = torch.float32 if is_trained else None if module is c.vae else compute_dtype
+            if not _on(module, device):
+                self.on_release(_keep_tensors(module))      # the run works on device copies; these come back
+                module.to(device=device, dtype=dtype)
+            elif is_trained and module.dtype != torch.float32:
+                module.to(torch.float32)                    # trainable weights in fp32; back to their dtype after
         c.unet.train()
         return checkpointing
 
@@ -200,6 +207,35 @@ class DiffusersModel(ModelAdapter):
         from .prior import class_images
 
         return class_images(self.c, prompt, count, size, steps, cache_dir, seed)
+
+
+def _on(module: torch.nn.Module, device: torch.device) -> bool:
+    """Whether the module's weights are on ``device`` ("cuda" and "cuda:0" are the same while 0 is current)."""
+    first = next(module.parameters(), None)
+    if first is None:
+        return True
+    here = first.device
+    if here.type != device.type:
+        return False
+    if here.type == "cuda" and (here.index is None) != (device.index is None):
+        return (here.index or torch.cuda.current_device()) == (device.index or torch.cuda.current_device())
+    return here.index == device.index
+
+
+def _keep_tensors(module: torch.nn.Module):
+    """A function that gives the module back its current parameters and buffers (after ``module.to`` has put copies
+    in their place for the run: new tensors in the same Parameter objects, or new Parameters)."""
+    kept = [(owner._parameters, name, tensor, tensor.data) for owner in module.modules()
+            for name, tensor in owner._parameters.items() if tensor is not None]
+    kept += [(owner._buffers, name, tensor, None) for owner in module.modules()
+             for name, tensor in owner._buffers.items() if tensor is not None]
+
+    def restore() -> None:
+        for table, name, tensor, data in kept:
+            if data is not None:
+                tensor.data = data
+            table[name] = tensor
+    return restore
 
 
 def _restore_module_state(module: torch.nn.Module):

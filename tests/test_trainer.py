@@ -197,3 +197,27 @@ def test_non_square_scene(tmp_path):
     assert (height, width) == (56, 80)                 # multiples of 8 (VAE x2 times the UNet's x4)
     assert [tuple(e.maps.shape) for e in previews] == [(2, height // 8, width // 8)] * 2
     assert all(e.image.shape == (3, height, width) for e in previews)
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_modules_go_to_the_device_as_copies_and_come_back(mode):
+    """Modules that move to the training device go as copies: the frozen ones in the compute dtype (the VAE in its
+    own), what full mode trains in fp32; afterwards each module has its own (untouched) tensors back. The "meta" device stands in for a
+    GPU here."""
+    from bas_engine.diffusers_model import DiffusersModel
+
+    c = tiny_components(seed=0)
+    before = snapshot(c)
+    originals = {p.data_ptr() for m in c.modules() for p in m.parameters()}
+    model = DiffusersModel(c)
+    model.prepare(torch.device("meta"), torch.bfloat16, small_config(mode=mode), (64, 64))
+    try:
+        for name, module in (("unet", c.unet), ("vae", c.vae), ("text_encoder", c.text_encoder)):
+            dtypes = {p.dtype for p in module.parameters()}
+            assert {p.device.type for p in module.parameters()} == {"meta"}, name
+            fp32 = name == "vae" or (mode == "full" and name == "unet")
+            assert dtypes == ({torch.float32} if fp32 else {torch.bfloat16}), name
+    finally:
+        model.release()
+    assert {p.data_ptr() for m in c.modules() for p in m.parameters()} == originals
+    assert_restored(c, before)
