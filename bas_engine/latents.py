@@ -48,10 +48,8 @@ class SceneTensors:
         image = F.interpolate(scene.image[None], size=(height, width), mode="bicubic", antialias=True,
                               align_corners=False).clamp(0, 1).to(device)
         pixels = image * 2 - 1
-        both = torch.cat([pixels, pixels.flip(-1)])
-        posterior = encode(both)
-        self.posteriors = (CachedPosterior(posterior.mean[:1], posterior.std[:1]),
-                           CachedPosterior(posterior.mean[1:], posterior.std[1:]))
+        # one image at a time: the VAE encoder's full-resolution activations are the run's largest tensors
+        self.posteriors = (encode(pixels), encode(pixels.flip(-1)))
         self.latent_size = (height // vae_scale, width // vae_scale)
         self.attention_size = (self.latent_size[0] // attention_downscale, self.latent_size[1] // attention_downscale)
         masks = scene.masks.to(device)

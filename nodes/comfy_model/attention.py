@@ -1,10 +1,13 @@
-"""The attention loss's maps from ComfyUI's own UNet: attn2 replace patches on the training clone of the MODEL.
+"""Attention while training ComfyUI's own UNet: the loss's maps through attn2 replace patches, and SDPA everywhere.
 
 ComfyUI's transformer blocks hand an ``attn2`` replace patch the projected query, key and value of their
-cross-attention (``BasicTransformerBlock.forward``); the patch computes the attention output with ComfyUI's own
-attention function and, for the layers the loss reads, also records the handle columns of softmax(QK^T)
-(``bas_engine.attention``, the same maps as the diffusers path). The patches live in the clone's
-``model_options``, so the MODEL that flowed in never sees them.
+cross-attention (``BasicTransformerBlock.forward``); the patch computes the attention output and, for the layers the
+loss reads, also records the handle columns of softmax(QK^T) (``bas_engine.attention``, the same maps as the
+diffusers path). Every other attention of the UNet is routed to ComfyUI's ``attention_pytorch`` (torch's
+scaled_dot_product_attention) through ``optimized_attention_override``: the attention ComfyUI picks for sampling may
+have no backward pass (sage) or keep all its chunks for one (the sub-quadratic and split attention it uses on the
+CPU: several GB at 512 px); SDPA's own backward keeps no probabilities, as the diffusers path's processors do. All
+of it lives in the clone's ``model_options``, so the MODEL that flowed in never sees it.
 """
 from __future__ import annotations
 
@@ -46,6 +49,13 @@ def cross_attention_layers(diffusion_model, blocks: tuple[str, ...]) -> dict[tup
     return found
 
 
+def scaled_dot_product_attention(function, *args, **kwargs):
+    """``optimized_attention_override``: whatever attention ComfyUI would use, train with torch's SDPA."""
+    from comfy.ldm.modules.attention import attention_pytorch
+
+    return attention_pytorch(*args, **kwargs)
+
+
 class CapturePatch:
     """An attn2 replace patch: ComfyUI's attention for the output, and the handle columns into the store."""
 
@@ -53,10 +63,10 @@ class CapturePatch:
         self.store, self.layer = store, layer
 
     def __call__(self, q, k, v, extra_options):
-        from comfy.ldm.modules.attention import optimized_attention
+        from comfy.ldm.modules.attention import attention_pytorch
 
         heads = extra_options["n_heads"]
-        out = optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"))
+        out = attention_pytorch(q, k, v, heads, attn_precision=extra_options.get("attn_precision"))
         if self.store.columns is not None:
             batch, head_dim = q.shape[0], q.shape[-1] // heads
             query = q.view(batch, -1, heads, head_dim).transpose(1, 2)
@@ -75,7 +85,9 @@ class ComfyAttentionHooks(AttentionHooks):
         self.store = AttentionStore()
 
     def install(self) -> None:
-        replaced = self.patcher.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+        options = self.patcher.model_options.setdefault("transformer_options", {})
+        options["optimized_attention_override"] = scaled_dot_product_attention
+        replaced = options.get("patches_replace", {}).get("attn2", {})
         for block, number, index in self.layers:
             if (block, number, index) in replaced or (block, number) in replaced:
                 log.warning("Break-A-Scene Trainer: the MODEL's cross-attention at %s %d (%d) is replaced by another "

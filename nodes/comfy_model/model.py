@@ -69,10 +69,15 @@ class ComfyModel(ModelAdapter):
     # -- life cycle ----------------------------------------------------------------------------------------------
     def prepare(self, device: torch.device, compute_dtype: torch.dtype | None, config, image_size: tuple[int, int]
                 ) -> bool:
-        mm = self.mm
         self.device = device
         self.on_release(self._unload)
         model = self.unet.model
+        # ComfyUI leaves its UNet's weights requiring grad (it samples under inference mode); frozen for the run, or
+        # backward would fill a gradient for every weight: a second full-size copy
+        for module in (model, self.clip.cond_stage_model):
+            flags = [(p, p.requires_grad) for p in module.parameters()]
+            module.requires_grad_(False)
+            self.on_release(lambda flags=flags: [p.requires_grad_(flag) for p, flag in flags])
         dtype = compute_dtype or torch.float32
         current = model.manual_cast_dtype or model.get_dtype()
         if current != dtype:

@@ -6,9 +6,16 @@ ComfyUI's text encoder takes as that position's input embedding (``SDClipModel.p
 any embedding. The embedding table is never written: every other row stays bit for bit what it was. The encoders
 run as the CLIP would run them for a prompt (its layer setting, its weight patches), through their own modules.
 
-ComfyUI's CLIP layers add their residuals in place (``x += attn(layer_norm1(x))``), which autograd refuses once
-the layer norm has saved ``x`` for the backward pass; for the run, each layer norm of the encoders gets a pre-hook
-that hands it a copy of its input (77 x width values), so gradients reach the handle vectors.
+For the run, two things let gradients reach the handle vectors through ComfyUI's encoders, changed on their layers
+and put back afterwards:
+
+* ComfyUI's CLIP layers add their residuals in place (``x += attn(layer_norm1(x))``), which autograd refuses once
+  the layer norm has saved ``x`` for the backward pass: each layer norm gets a pre-hook that hands it a copy of its
+  input (77 x width values);
+* ComfyUI computes its text encoders in fp32 from weights it keeps in fp16, casting each layer's weights as it runs;
+  every cast copy would stay alive until the backward pass (a whole fp32 copy of the encoder: 2.8 GB for SDXL's
+  OpenCLIP-G). Each transformer layer runs under ``torch.utils.checkpoint`` instead, so one layer's copy is alive
+  at a time (the encoders are about 1 % of a step's work).
 """
 from __future__ import annotations
 
@@ -34,6 +41,15 @@ class HandleSlot:
 def _copy_input(module, args):
     """Forward pre-hook: the layer norm works on a copy, so the in-place residual add after it keeps autograd whole."""
     return (args[0].clone(),) + tuple(args[1:])
+
+
+def _checkpointed(forward):
+    """A CLIP layer's forward under torch.utils.checkpoint; the layer adds into its input in place, so it gets a
+    copy (the checkpoint recomputes from the input it saved, which must stay as it was)."""
+    def run(x, *args, **kwargs):
+        return torch.utils.checkpoint.checkpoint(lambda x, a, k: forward(x.clone(), *a, **k), x, args, kwargs,
+                                                 use_reentrant=False)
+    return run
 
 
 def _stand_in_name(index: int) -> str:
@@ -62,11 +78,19 @@ class ComfyText(TextHandles):
         self._hooks = [module.register_forward_pre_hook(_copy_input)
                        for _, model, _ in self.encoders for module in model.modules()
                        if isinstance(module, torch.nn.LayerNorm)]
+        self._checkpointed = [layer for _, model, _ in self.encoders
+                              for layer in model.transformer.text_model.encoder.layers]
+        for layer in self._checkpointed:
+            layer.forward = _checkpointed(layer.forward)
 
     def remove_hooks(self) -> None:
+        """Take the run's hooks and checkpointed forwards off ComfyUI's encoder layers."""
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
+        for layer in self._checkpointed:
+            layer.__dict__.pop("forward", None)
+        self._checkpointed.clear()
 
     @staticmethod
     def _initial_vector(tokenizer, table, word: str | None) -> torch.Tensor:
