@@ -124,8 +124,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="s/step and peak memory: this engine vs an official-equivalent setup")
-    p.add_argument("--preset", choices=["tiny", "sd15", "sdxl"], default="tiny",
-                   help="random weights in the shapes of a tiny test model, SD1.5 or SDXL")
+    p.add_argument("--preset", choices=["tiny", "tiny-sdxl", "sd15", "sdxl"], default="tiny",
+                   help="random weights in the shapes of a tiny test model (tiny-sdxl: with SDXL's two encoders), "
+                        "SD1.5 or SDXL (tiny-sdxl with --matrix only)")
     p.add_argument("--resolution", type=int, default=None, help="default 64 (tiny), 512 (sd15) or 1024 (sdxl)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per phase and configuration")
     p.add_argument("--device", default=None)
@@ -140,6 +141,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--simulate", action="store_true",
                    help="no computation: peak memory and operations of a step from a run on fake tensors, for "
                         "configurations this machine cannot run (e.g. SDXL at 1024 px without a GPU)")
+    p.add_argument("--matrix", action="store_true",
+                   help="this engine alone in LoRA and full mode, gradient checkpointing on and off: s/step and peak "
+                        "memory per phase (one model, one process)")
     p.set_defaults(run=cmd_bench)
 
 
@@ -255,6 +259,15 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    if args.matrix:
+        from .bench_matrix import print_matrix, run_matrix
+
+        import torch
+
+        print_matrix(run_matrix(args.preset, torch.device(_device(args.device)), args.steps, args.resolution))
+        return
+    if args.preset == "tiny-sdxl":
+        raise BASError("--preset tiny-sdxl: only with --matrix")
     from .bench import run_benchmark
 
     run_benchmark(args.preset, args.resolution, args.steps, _device(args.device), split_list(args.configs),

@@ -40,3 +40,21 @@ def test_flop_count_of_a_step_per_phase_and_configuration():
     # Twice the side, about four times the pixels: the count follows the resolution.
     assert count_flops("tiny", 128, torch.device("cpu"), ["engine"])["engine"]["phase1_flops_per_step"] > \
         3 * engine["phase1_flops_per_step"]
+
+
+def test_matrix_reports_every_configuration_and_phase(capsys):
+    """`bas bench --matrix`: LoRA and full, checkpointing off and on, s/step and peak of both phases each; the model
+    comes back unchanged after every configuration (it is trained in turn by all four)."""
+    import torch
+
+    from bas_engine.bench_matrix import MATRIX, print_matrix, run_matrix
+
+    rows = run_matrix("tiny", torch.device("cpu"), steps=1)
+    assert [(r["mode"], r["gradient_checkpointing"]) for r in rows] == list(MATRIX)
+    for row in rows:
+        assert "error" not in row
+        assert row["phase1_s_per_step"] > 0 and row["phase2_s_per_step"] > 0
+        assert row["phase1_peak_bytes"] >= 0 and row["phase2_peak_bytes"] >= 0
+    print_matrix(rows)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 + len(MATRIX) + 1 and json.loads(lines[-1])["matrix"] == rows
