@@ -61,6 +61,45 @@ def _count(keys, pattern: str) -> int:
     return (max(found) + 1) if found else 0
 
 
+#: the kinds of mid block, as ComfyUI's ``transformer_depth_middle`` tells them (>= 1: a transformer of that depth
+#: between two ResNets) and diffusers' ``mid_block_type`` builds them
+MID_RESNET_ONLY, MID_NONE = -1, -2
+
+
+def middle_block_depth(keys) -> int:
+    """The mid block's kind from the weights' names: its transformer depth, ``MID_RESNET_ONLY`` (one ResNet, no
+    attention) or ``MID_NONE`` (no mid block), read as ComfyUI's model detection reads it."""
+    keys = list(keys)
+    if "middle_block.1.proj_in.weight" in keys:
+        return _count(keys, "middle_block.1.transformer_blocks.{}.")
+    if "middle_block.0.in_layers.0.weight" in keys:
+        return MID_RESNET_ONLY
+    return MID_NONE
+
+
+def mid_block_type(middle_depth: int) -> str | None:
+    """diffusers' ``mid_block_type`` for a mid block of that kind (``middle_block_depth``)."""
+    if middle_depth >= 1:
+        return "UNetMidBlock2DCrossAttn"
+    if middle_depth == MID_RESNET_ONLY:
+        return "UNetMidBlock2D"
+    if middle_depth == MID_NONE:
+        return None
+    raise ModelError(f"the UNet's mid block has a transformer of depth {middle_depth}; supported: a transformer of "
+                     "depth 1 or more between two ResNets, one ResNet alone, or no mid block")
+
+
+def describe_unet_layout(ldm_unet_config: Mapping[str, Any]) -> str:
+    """What a UNet looks like, in words (for errors about layouts the converter cannot map)."""
+    cfg = _normalize_ldm_unet_config(ldm_unet_config)
+    middle = cfg["transformer_depth_middle"]
+    mid = {MID_RESNET_ONLY: "a mid block of one ResNet", MID_NONE: "no mid block"}.get(
+        middle, f"a mid block with a transformer of depth {middle}")
+    return (f"{len(cfg['channel_mult'])} levels of {[cfg['model_channels'] * m for m in cfg['channel_mult']]} "
+            f"channels, {cfg['num_res_blocks']} ResNets per level, transformer depths {cfg['transformer_depth']} "
+            f"(output blocks {cfg.get('transformer_depth_output')}), {mid}")
+
+
 def ldm_unet_config_from_weights(unet_sd: Mapping[str, torch.Tensor]) -> dict:
     """Read an LDM-style UNet config from openaimodel weights (keys without ``model.diffusion_model.``).
 
@@ -99,7 +138,7 @@ def ldm_unet_config_from_weights(unet_sd: Mapping[str, torch.Tensor]) -> dict:
 
     n_out = _count(keys, "output_blocks.{}.")
     transformer_depth_output = [depth(f"output_blocks.{i}") for i in range(n_out)]
-    middle = _count(keys, "middle_block.1.transformer_blocks.{}.")
+    middle = middle_block_depth(keys)
 
     context_dim, use_linear = None, False
     for k in keys:
@@ -156,7 +195,7 @@ def _normalize_ldm_unet_config(cfg: Mapping[str, Any]) -> dict:
         else:
             raise ModelError(f"transformer_depth {td} does not fit channel_mult {mult} / num_res_blocks {nrb}")
         middle = cfg.get("transformer_depth_middle", per_level[-1])
-    if middle is None or middle < 0:
+    if middle is None:
         middle = per_level[-1]
     context = cfg.get("context_dim")
     if isinstance(context, (list, tuple)):
@@ -187,14 +226,15 @@ def diffusers_unet_config(ldm_unet_config: Mapping[str, Any], *, family: str | N
         raise ModelError(f"num_res_blocks {nrb} differs between levels; diffusers needs one value")
     if cfg["context_dim"] is None:
         raise ModelError("the UNet has no cross-attention (context_dim); not a text-to-image SD model")
-    if cfg["transformer_depth_middle"] <= 0:
-        raise ModelError("the UNet has no middle attention block; not an SD1.x/SD2.x layout")
-    used = sorted({d for d in depth if d > 0} | {cfg["transformer_depth_middle"]})
-    if len(used) == 1:
-        layers: Any = used[0]
+    middle = cfg["transformer_depth_middle"]
+    mid_type = mid_block_type(middle)
+    used = sorted({d for d in depth if d > 0} | ({middle} if middle > 0 else set()))
+    if len(used) <= 1:
+        layers: Any = used[0] if used else 1
     else:
-        if cfg["transformer_depth_middle"] != depth[-1]:
-            raise ModelError("middle transformer depth must equal the last level's for diffusers")
+        if middle > 0 and middle != depth[-1]:
+            raise ModelError(f"the UNet's mid block has a transformer of depth {middle} and its deepest level one "
+                             f"of depth {depth[-1]}; one diffusers config holds them only when they are equal")
         layers = [max(d, 1) for d in depth]
     channels = [mc * m for m in mult]
     if cfg["num_head_channels"] > 0:
@@ -229,7 +269,7 @@ def diffusers_unet_config(ldm_unet_config: Mapping[str, Any], *, family: str | N
         in_channels=cfg["in_channels"], out_channels=cfg["out_channels"],
         down_block_types=["CrossAttnDownBlock2D" if d > 0 else "DownBlock2D" for d in depth],
         up_block_types=["CrossAttnUpBlock2D" if d > 0 else "UpBlock2D" for d in reversed(depth)],
-        mid_block_type="UNetMidBlock2DCrossAttn",
+        mid_block_type=mid_type,
         block_out_channels=channels, layers_per_block=nrb[0],
         cross_attention_dim=cfg["context_dim"], attention_head_dim=heads,
         use_linear_projection=cfg["use_linear_in_transformer"],
@@ -498,8 +538,12 @@ def _components_from_ldm(state_dict, tokenizer_dir, *, unet_config, prediction_t
     ldm_cfg = dict(unet_config) if unet_config is not None else ldm_unet_config_from_weights(unet_sd)
     ucfg = diffusers_unet_config(ldm_cfg, family=fam, pooled_dim=pooled_dim)
     unet = UNet2DConditionModel.from_config(ucfg)
-    _load_strict(unet, sfu.convert_ldm_unet_checkpoint(
-        {UNET_PREFIX + k: v for k, v in unet_sd.items()}, ucfg), "UNet")
+    try:
+        converted = sfu.convert_ldm_unet_checkpoint({UNET_PREFIX + k: v for k, v in unet_sd.items()}, ucfg)
+        _load_strict(unet, converted, "UNet")
+    except (ModelError, KeyError, IndexError, RuntimeError) as exc:
+        raise ModelError(f"this UNet's layout cannot be converted: {describe_unet_layout(ldm_cfg)} "
+                         f"({type(exc).__name__}: {str(exc)[:200]})") from exc
 
     vae_sd = _strip(state_dict, VAE_PREFIX)
     vae = AutoencoderKL.from_config(vae_config_from_weights(vae_sd, spec.vae_scaling_factor))

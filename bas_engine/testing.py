@@ -108,7 +108,8 @@ def sd15_shaped_components(seed: int = 0, prediction_type: str = "epsilon") -> S
     return _assemble(unet, vae, text_encoder, tokenizer, prediction_type)
 
 
-def tiny_sdxl_components(seed: int = 0, prediction_type: str = "epsilon") -> SDComponents:
+def tiny_sdxl_components(seed: int = 0, prediction_type: str = "epsilon",
+                         mid_block_type: str | None = "UNetMidBlock2DCrossAttn") -> SDComponents:
     """SDXL-shaped, tiny: two text encoders of different widths (CLIP-L-like 32 wide, OpenCLIP-G-like 48 wide
     with a projection) whose penultimate states make an 80-wide context, the pooled projection and the six
     time ids in the UNet's added embedding ("text_time"), and SDXL's level layout: no attention at full
@@ -116,7 +117,8 @@ def tiny_sdxl_components(seed: int = 0, prediction_type: str = "epsilon") -> SDC
     layers (SDXL: 10). At 64 px: latents 32x32, attention maps 8x8.
 
     The G encoder's config keeps SDXL's legacy ``eos_token_id=2``, with which transformers pools at the
-    highest token id (a handle, once handles are added): the engine must not rely on it.
+    highest token id (a handle, once handles are added): the engine must not rely on it. ``mid_block_type``:
+    diffusers' (with cross-attention; ``UNetMidBlock2D``: one ResNet, as distilled SDXL variants have; None).
     """
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
@@ -130,7 +132,7 @@ def tiny_sdxl_components(seed: int = 0, prediction_type: str = "epsilon") -> SDC
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         transformer_layers_per_block=(1, 1, 2), cross_attention_dim=32 + 48, attention_head_dim=8,
         use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=time_dim,
-        projection_class_embeddings_input_dim=6 * time_dim + pooled_dim)
+        projection_class_embeddings_input_dim=6 * time_dim + pooled_dim, mid_block_type=mid_block_type)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32),
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         norm_num_groups=32, sample_size=64, scaling_factor=0.13025)   # the LDM VAE's 32 groups

@@ -103,9 +103,11 @@ def sd_vae_config() -> dict:
 
 
 def tiny_unet_config(*, levels: int = 2, linear: bool = False, context: int = 32, layers_per_block: int = 1,
-                     attention_levels: int | None = None) -> dict:
+                     attention_levels: int | None = None, mid_block_type: str | None = "UNetMidBlock2DCrossAttn"
+                     ) -> dict:
     """Diffusers config of a tiny SD-like UNet: 32/64/... channels, attention on the first
-    ``attention_levels`` levels (all by default), the last level without attention when fewer."""
+    ``attention_levels`` levels (all by default), the last level without attention when fewer; the mid block of
+    diffusers' ``mid_block_type`` (with cross-attention, ``UNetMidBlock2D``: one ResNet, or None)."""
     channels = tuple(32 * (2 ** min(i, 1)) for i in range(levels))
     att = levels if attention_levels is None else attention_levels
     down = tuple("CrossAttnDownBlock2D" if i < att else "DownBlock2D" for i in range(levels))
@@ -113,7 +115,7 @@ def tiny_unet_config(*, levels: int = 2, linear: bool = False, context: int = 32
                 down_block_types=down, up_block_types=tuple(
                     "CrossAttnUpBlock2D" if t == "CrossAttnDownBlock2D" else "UpBlock2D" for t in reversed(down)),
                 layers_per_block=layers_per_block, cross_attention_dim=context, attention_head_dim=8,
-                use_linear_projection=linear, norm_num_groups=32)
+                use_linear_projection=linear, norm_num_groups=32, mid_block_type=mid_block_type)
 
 
 def tiny_text_encoder_config(*, family: str = "sd1", hidden: int = 64, layers: int = 2, vocab: int = 514) -> dict:
@@ -124,12 +126,14 @@ def tiny_text_encoder_config(*, family: str = "sd1", hidden: int = 64, layers: i
 
 
 def tiny_components(*, family: str = "sd1", levels: int = 2, prediction_type: str = "epsilon",
-                    attention_levels: int | None = None, layers_per_block: int = 1, seed: int = 0) -> SDComponents:
+                    attention_levels: int | None = None, layers_per_block: int = 1, seed: int = 0,
+                    mid_block_type: str | None = "UNetMidBlock2DCrossAttn") -> SDComponents:
     hidden = 64
     return build_components(
         family=family,
         unet=tiny_unet_config(levels=levels, linear=(family == "sd2"), context=hidden,
-                              layers_per_block=layers_per_block, attention_levels=attention_levels),
+                              layers_per_block=layers_per_block, attention_levels=attention_levels,
+                              mid_block_type=mid_block_type),
         vae=TINY_VAE, text_encoder=tiny_text_encoder_config(family=family, hidden=hidden),
         prediction_type=prediction_type, seed=seed)
 
