@@ -80,6 +80,17 @@ class AttentionHooks(ABC):
         """Take the hooks off; the model attends as before."""
 
 
+def compute_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """The dtype the frozen model computes in for ``TrainConfig.mixed_precision``; None: fp32."""
+    if setting == "no" or (setting == "auto" and device.type != "cuda"):
+        return None
+    if setting == "fp16":
+        return torch.float16
+    if setting == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
 class ModelAdapter(ABC):
     """One model as the method trains it. Whatever an adapter attaches for a run (handles, hooks, adapters, moved
     or re-cast weights) it undoes in ``release()``, which the loop calls however the run ends."""
@@ -121,6 +132,11 @@ class ModelAdapter(ABC):
     @property
     def encoder_name(self) -> str:
         return self.family.text_encoders[0].name
+
+    def compute_dtype(self, setting: str, device: torch.device) -> torch.dtype | None:
+        """The run's compute dtype for ``TrainConfig.mixed_precision`` (``compute_dtype``; an adapter may prefer the
+        dtype its weights are kept in)."""
+        return compute_dtype(setting, device)
 
     @abstractmethod
     def prepare(self, device: torch.device, compute_dtype: torch.dtype | None, config, image_size: tuple[int, int]

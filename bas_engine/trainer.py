@@ -60,7 +60,7 @@ class TrainingRun:
         self.tokens = config.tokens or default_tokens(scene.num_concepts)
         self.generator = torch.Generator("cpu").manual_seed(config.seed)
         self.sampler = ConceptSampler(self.tokens, config.seed, config.union_sampling, config.flip)
-        self.compute_dtype = compute_dtype(config.mixed_precision, device)
+        self.compute_dtype = self.model.compute_dtype(config.mixed_precision, device)
         # fp16 needs loss scaling; for bf16/fp32 the scaler is a pass-through.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.compute_dtype == torch.float16)
         self.losses: dict[str, deque] = {}
@@ -263,17 +263,6 @@ class TrainingRun:
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def compute_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """The dtype the frozen model computes in (``TrainConfig.mixed_precision``); None: fp32."""
-    if setting == "no" or (setting == "auto" and device.type != "cuda"):
-        return None
-    if setting == "fp16":
-        return torch.float16
-    if setting == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
-
-
 def _adamw(groups: list[dict], weight_decay: float, device: torch.device) -> torch.optim.Optimizer:
     """AdamW, fused where this torch supports it on the device (one kernel for all parameters)."""
     try:

@@ -67,6 +67,16 @@ class ComfyModel(ModelAdapter):
         return unet_fingerprint(self.source_model)
 
     # -- life cycle ----------------------------------------------------------------------------------------------
+    def compute_dtype(self, setting: str, device: torch.device) -> torch.dtype | None:
+        """"auto" on CUDA computes in the half precision ComfyUI keeps the weights in (fp16 or bf16): another dtype
+        would cast every layer's weights per step, and the casts would stay alive for the backward pass (a second
+        copy of the model). fp16 runs with loss scaling."""
+        model = self.unet.model
+        kept = model.manual_cast_dtype or model.get_dtype()
+        if setting == "auto" and device.type == "cuda" and kept in (torch.float16, torch.bfloat16):
+            return kept
+        return super().compute_dtype(setting, device)
+
     def prepare(self, device: torch.device, compute_dtype: torch.dtype | None, config, image_size: tuple[int, int]
                 ) -> bool:
         self.device = device

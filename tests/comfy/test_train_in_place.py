@@ -307,3 +307,62 @@ def test_training_uses_the_loaded_modules_not_a_copy(bas, run_node, sd15, scene,
     run_node(bas.classes["BreakASceneTrainer"], model=sd15.model, clip=sd15.clip, vae=sd15.vae, scene=scene,
              **{**TRAIN, "pack_name": "same_modules"})
     assert seen and all(seen)
+
+
+def test_auto_computes_in_the_half_precision_comfy_keeps_the_weights_in(bas, sd15, monkeypatch):
+    """On CUDA, "auto" takes the dtype ComfyUI keeps the weights in when it is fp16 or bf16 (another dtype would
+    cast every layer per step and keep the casts for backward); an explicit setting wins. (A CUDA device object
+    only: nothing is allocated.)"""
+    ComfyModel = bas.module("nodes.comfy_model").ComfyModel
+    cuda = torch.device("cuda")
+    with torch.inference_mode(False):
+        adapter = ComfyModel(sd15.model, sd15.clip, sd15.vae, "sd1", "epsilon")
+    for kept in (torch.float16, torch.bfloat16):
+        monkeypatch.setattr(sd15.model.model, "manual_cast_dtype", kept)
+        assert adapter.compute_dtype("auto", cuda) == kept
+        assert adapter.compute_dtype("bf16", cuda) == torch.bfloat16
+        assert adapter.compute_dtype("no", cuda) is None
+    assert adapter.compute_dtype("auto", torch.device("cpu")) is None
+
+
+def test_packs_cross_between_the_paths(bas, run_node, sd15, scene, checkpoint_path, comfy_dirs, tmp_path):
+    """A pack the node trained in ComfyUI generates with `bas generate` (the engine, on the same checkpoint file), and
+    one `bas extract` trained loads and samples through the ComfyUI nodes: the pack format is one."""
+    import numpy as np
+    from PIL import Image
+
+    import nodes as comfy_nodes
+    from comfy_fixtures import comfy_tokenizer_dir
+
+    from bas_engine.cli import main
+
+    checkpoint, tokenizer = checkpoint_path("sd15l3"), comfy_tokenizer_dir(COMFYUI_PATH)
+    run_node(bas.classes["BreakASceneTrainer"], model=sd15.model, clip=sd15.clip, vae=sd15.vae, scene=scene,
+             **{**TRAIN, "pack_name": "cross_node"})
+    images = tmp_path / "images"
+    assert main(["generate", str(comfy_dirs.break_a_scene / "cross_node.safetensors"), "--model", checkpoint,
+                 "--tokenizer", tokenizer, "--prompt", "a photo of <cat> and <asset1>", "--out", str(images),
+                 "--steps", "2", "--size", "64", "--device", "cpu"]) == 0
+    assert len(list(images.glob("*.png"))) == 1
+
+    scene_dir = tmp_path / "scene"
+    scene_dir.mkdir()
+    image = (scene.image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(image).save(scene_dir / "img.png")
+    for i, mask in enumerate(scene.masks):
+        Image.fromarray((mask.numpy() * 255).round().astype(np.uint8)).save(scene_dir / f"mask{i}.png")
+    engine_pack = comfy_dirs.break_a_scene / "cross_engine.safetensors"
+    assert main(["extract", str(scene_dir), "--model", checkpoint, "--tokenizer", tokenizer, "--out", str(engine_pack),
+                 "--names", "cat,bowl", "--phase1-steps", "1", "--phase2-steps", "1", "--resolution", "64",
+                 "--lora-rank", "4", "--device", "cpu"]) == 0
+    concepts = run_node(bas.classes["ConceptPackLoader"], pack_name="cross_engine.safetensors").args[0]
+    model, clip = run_node(bas.classes["HandleInjector"], model=sd15.model, clip=sd15.clip, concepts=concepts,
+                           strength_model=1.0, strength_clip=1.0).args
+    positive = run_node(bas.classes["ConceptPromptEncoder"], clip=clip, concepts=concepts,
+                        text="a photo of <cat> and <asset1>").args[0]
+    with torch.inference_mode():
+        negative = comfy_nodes.CLIPTextEncode().encode(clip, "")[0]
+        latent = comfy_nodes.common_ksampler(model, 0, 2, 5.0, "euler", "normal", positive, negative,
+                                             {"samples": torch.zeros(1, 4, 8, 8)})[0]["samples"]
+    assert torch.isfinite(latent).all()
+    assert concepts.pack.meta["fingerprint"] == bas.module("nodes.common").unet_fingerprint(sd15.model)
