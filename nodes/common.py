@@ -1,6 +1,6 @@
 """Shared helpers of the nodes: the model folder, model-family checks, names and user-facing errors.
 
-Nothing here imports the engine at module level (it pulls in diffusers); node code imports it lazily.
+Nothing here imports the engine at module level (it pulls in torch and transformers); node code imports it lazily.
 """
 from __future__ import annotations
 

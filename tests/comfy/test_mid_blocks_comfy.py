@@ -20,6 +20,8 @@ import torch  # noqa: E402
 import comfy.model_management as mm  # noqa: E402
 import comfy.sd  # noqa: E402
 
+from helpers import sample_with_pack, scene_inputs  # noqa: E402
+
 UNET = "model.diffusion_model."
 KINDS = {"transformer": None, "resnet-only": -1, "none": -2}     # None: the test checkpoint's own (depth 2)
 
@@ -80,34 +82,20 @@ def _middle(model) -> list[str]:
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_comfy_detects_trains_in_place_and_samples(bas, run_node, checkpoints, kind):
-    import nodes as comfy_nodes
-
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(checkpoints[kind], output_vae=True,
                                                                 output_clip=True, embedding_directory=None)
     try:
         assert type(model.model.model_config).__name__ == "Segmind_Vega"
         assert _middle(model) == {"transformer": ["ResBlock", "SpatialTransformer", "ResBlock"],
                                   "resnet-only": ["ResBlock"], "none": []}[kind]
-        image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
-        masks = torch.zeros(2, 64, 64)
-        masks[0, 16:48, 4:30] = 1.0
-        masks[1, 16:48, 34:60] = 1.0
-        scene = run_node(bas.classes["MaskedConceptLoader"], image=image, concept_names="cat, bowl",
-                         initializers="", masks=masks).args[0]
+        scene = run_node(bas.classes["MaskedConceptLoader"], **scene_inputs()).args[0]
         concepts = run_node(bas.classes["BreakASceneTrainer"], model=model, clip=clip, vae=vae, scene=scene,
                             pack_name=f"mid_{kind}", phase1_steps=1, phase2_steps=1, phase1_lr=5e-4, phase2_lr=0.0,
                             mode="lora", lora_rank=4, train_text_encoder=False, attention_loss_weight=0.01,
                             masked_loss=True, union_sampling=True, resolution=64, seed=0, retrain=True).args[0]
         # LoRA goes on every attention projection: the mid block's exactly when it has a transformer
         assert any(k.startswith("unet.mid_block.") for k in concepts.pack.lora) == (kind == "transformer")
-        new_model, new_clip = run_node(bas.classes["HandleInjector"], model=model, clip=clip, concepts=concepts,
-                                       strength_model=1.0, strength_clip=1.0).args
-        positive = run_node(bas.classes["ConceptPromptEncoder"], clip=new_clip, concepts=concepts,
-                            text="a photo of <cat>").args[0]
-        with torch.inference_mode():
-            negative = comfy_nodes.CLIPTextEncode().encode(new_clip, "")[0]
-            latent = comfy_nodes.common_ksampler(new_model, 0, 2, 5.0, "euler", "normal", positive, negative,
-                                                 {"samples": torch.zeros(1, 4, 8, 8)})[0]["samples"]
+        latent = sample_with_pack(bas, run_node, model, clip, concepts, "a photo of <cat>")
         assert torch.isfinite(latent).all() and latent.abs().max() > 0
     finally:
         mm.unload_all_models()

@@ -23,28 +23,14 @@ import comfy.model_management as mm  # noqa: E402
 import comfy.sd  # noqa: E402
 import comfy.utils  # noqa: E402
 
+from helpers import Hook, scene_inputs  # noqa: E402
+
 TRAIN = dict(pack_name="scene", phase1_steps=2, phase2_steps=2, phase1_lr=5e-4, phase2_lr=0.0, mode="lora",
              lora_rank=4, train_text_encoder=False, attention_loss_weight=0.01, masked_loss=True,
              union_sampling=True, resolution=64, seed=0, retrain=False)
 PROMPT = "a photo of <asset0> next to <bowl>"
 TE_TOL = 3e-2       # ComfyUI keeps text encoders in fp16 on the CPU
 UNET_TOL = 2e-3
-
-
-class Hook:
-    """ComfyUI's progress-bar hook: records calls; can raise the interrupt flag at a given step."""
-
-    def __init__(self):
-        self.calls = []
-        self.interrupt_at = None
-        self.raise_interrupt = False      # like the server's hook (main.py), which raises on a set flag
-
-    def __call__(self, value, total, preview, prompt_id=None, node_id=None):
-        self.calls.append(SimpleNamespace(value=value, total=total, preview=preview, node_id=node_id))
-        if self.interrupt_at is not None and value >= self.interrupt_at:
-            mm.interrupt_current_processing(True)
-            if self.raise_interrupt:
-                mm.throw_exception_if_processing_interrupted()
 
 
 @pytest.fixture
@@ -68,19 +54,9 @@ def sd15(checkpoint_path, comfy_dirs):
     mm.unload_all_models()
 
 
-def _scene_inputs(names="cat, bowl"):
-    g = torch.Generator().manual_seed(0)
-    image = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=(64, 64), mode="bilinear",
-                                            align_corners=False).clamp(0, 1).permute(0, 2, 3, 1)
-    masks = torch.zeros(2, 64, 64)
-    masks[0, 16:48, 4:30] = 1.0
-    masks[1, 16:48, 34:60] = 1.0
-    return dict(image=image, concept_names=names, initializers="", masks=masks)
-
-
 @pytest.fixture(scope="module")
 def scene(bas, run_node, sd15):
-    return run_node(bas.classes["MaskedConceptLoader"], **_scene_inputs()).args[0]
+    return run_node(bas.classes["MaskedConceptLoader"], **scene_inputs()).args[0]
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +117,7 @@ def test_trainer_refuses_to_overwrite_other_pack(bas, run_node, trained, sd15, s
     with pytest.raises(ValueError, match=r"^pack_name: .*scene\.safetensors already exists and was trained with "
                                          r"other settings \(seed\)\. .*retrain"):
         run_node(trainer, model=sd15.model, clip=sd15.clip, vae=sd15.vae, scene=scene, **{**TRAIN, "seed": 1})
-    other_scene = run_node(bas.classes["MaskedConceptLoader"], **_scene_inputs("dog, bowl")).args[0]
+    other_scene = run_node(bas.classes["MaskedConceptLoader"], **scene_inputs("dog, bowl")).args[0]
     with pytest.raises(ValueError, match=r"another scene"):
         run_node(trainer, model=sd15.model, clip=sd15.clip, vae=sd15.vae, scene=other_scene, **TRAIN)
     assert hook.calls == [] and trained.path.stat().st_mtime_ns == mtime

@@ -44,14 +44,9 @@ def sdxl(checkpoint_path, comfy_dirs):
 
 @pytest.fixture(scope="module")
 def scene(bas, run_node, sdxl):
-    g = torch.Generator().manual_seed(0)
-    image = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=(64, 64), mode="bilinear",
-                                            align_corners=False).clamp(0, 1).permute(0, 2, 3, 1)
-    masks = torch.zeros(2, 64, 64)
-    masks[0, 16:48, 4:30] = 1.0
-    masks[1, 16:48, 34:60] = 1.0
-    return run_node(bas.classes["MaskedConceptLoader"], image=image, concept_names="cat, bowl", initializers="",
-                    masks=masks).args[0]
+    from helpers import scene_inputs
+
+    return run_node(bas.classes["MaskedConceptLoader"], **scene_inputs()).args[0]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +73,7 @@ def test_in_place_training_equals_the_engines(bas, sdxl):
     """ComfyUI's SDXL-family model trained in place (both encoders' handles, the pooled G vector and the size
     conditioning through the model's own encode_adm, LoRA on the UNet and both encoders) gives the engine's losses,
     handles and LoRA for the same seed."""
-    from parity import assert_same_training, both_paths
+    from helpers import assert_same_training, both_paths
 
     engine, engine_losses, comfy, comfy_losses = both_paths(bas, sdxl, "sdxl", "epsilon", mode="lora",
                                                             train_text_encoder=True)

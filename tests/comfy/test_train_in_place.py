@@ -22,7 +22,7 @@ import comfy.model_management as mm  # noqa: E402
 import comfy.sd  # noqa: E402
 import comfy.utils  # noqa: E402
 
-from parity import assert_same_training, both_paths  # noqa: E402
+from helpers import Hook, assert_same_training, both_paths, sample_with_pack, scene_inputs  # noqa: E402
 
 TRAIN = dict(pack_name="inplace", phase1_steps=2, phase2_steps=2, phase1_lr=5e-4, phase2_lr=0.0, mode="lora",
              lora_rank=4, train_text_encoder=False, attention_loss_weight=0.01, masked_loss=True,
@@ -44,14 +44,7 @@ def sd15(checkpoint_path, comfy_dirs):
 
 @pytest.fixture(scope="module")
 def scene(bas, run_node, sd15):
-    g = torch.Generator().manual_seed(0)
-    image = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=(64, 64), mode="bilinear",
-                                            align_corners=False).clamp(0, 1).permute(0, 2, 3, 1)
-    masks = torch.zeros(2, 64, 64)
-    masks[0, 16:48, 4:30] = 1.0
-    masks[1, 16:48, 34:60] = 1.0
-    return run_node(bas.classes["MaskedConceptLoader"], image=image, concept_names="cat, bowl", initializers="",
-                    masks=masks).args[0]
+    return run_node(bas.classes["MaskedConceptLoader"], **scene_inputs()).args[0]
 
 
 # -- the same method on both paths ---------------------------------------------------------------------------------
@@ -177,30 +170,12 @@ class Recorder:
         assert not alive, f"{len(alive)} training objects are still alive ({type(alive[0]).__name__})"
 
 
-class InterruptAt:
-    """ComfyUI's progress hook: sets the interrupt flag once the given step is reached, and (``raises``) raises it
-    as the server's hook does (main.py); without raising, the trainer sees the flag before its next step."""
-
-    def __init__(self, step: int | None, raises: bool):
-        self.step, self.raises, self.values = step, raises, []
-
-    def __call__(self, value, total, preview, prompt_id=None, node_id=None):
-        if preview is None:
-            self.values.append(value)
-        if self.step is not None and value >= self.step:
-            mm.interrupt_current_processing(True)
-            if self.raises:
-                mm.throw_exception_if_processing_interrupted()
-
-
 @pytest.fixture
 def interrupt_at():
-    hooks = []
-
+    """interrupt_at(step, raises=True): ComfyUI's progress hook that interrupts once ``step`` is reached."""
     def install(step, raises=True):
-        hook = InterruptAt(step, raises)
+        hook = Hook(step, raises)
         comfy.utils.set_progress_bar_global_hook(hook)
-        hooks.append(hook)
         return hook
     yield install
     comfy.utils.set_progress_bar_global_hook(None)
@@ -246,7 +221,7 @@ def test_interrupt_leaves_no_pack_and_nothing_attached(bas, run_node, sd15, scen
     with pytest.raises(mm.InterruptProcessingException) as caught:
         run_node(bas.classes["BreakASceneTrainer"], model=sd15.model, clip=sd15.clip, vae=sd15.vae, scene=scene,
                  **{**TRAIN, "pack_name": "cancelled", "train_text_encoder": True})
-    assert hook.values == {"phase 1": [1], "phase 2": [1, 2, 3], "saving": [1, 2, 3, 4]}[where]
+    assert hook.steps == {"phase 1": [1], "phase 2": [1, 2, 3], "saving": [1, 2, 3, 4]}[where]
     assert not mm.processing_interrupted()
     assert _packs(comfy_dirs) == files, "no pack and no temporary file"
     assert_unchanged(sd15, before)
@@ -331,7 +306,6 @@ def test_packs_cross_between_the_paths(bas, run_node, sd15, scene, checkpoint_pa
     import numpy as np
     from PIL import Image
 
-    import nodes as comfy_nodes
     from comfy_fixtures import comfy_tokenizer_dir
 
     from bas_engine.cli import main
@@ -356,13 +330,6 @@ def test_packs_cross_between_the_paths(bas, run_node, sd15, scene, checkpoint_pa
                  "--names", "cat,bowl", "--phase1-steps", "1", "--phase2-steps", "1", "--resolution", "64",
                  "--lora-rank", "4", "--device", "cpu"]) == 0
     concepts = run_node(bas.classes["ConceptPackLoader"], pack_name="cross_engine.safetensors").args[0]
-    model, clip = run_node(bas.classes["HandleInjector"], model=sd15.model, clip=sd15.clip, concepts=concepts,
-                           strength_model=1.0, strength_clip=1.0).args
-    positive = run_node(bas.classes["ConceptPromptEncoder"], clip=clip, concepts=concepts,
-                        text="a photo of <cat> and <asset1>").args[0]
-    with torch.inference_mode():
-        negative = comfy_nodes.CLIPTextEncode().encode(clip, "")[0]
-        latent = comfy_nodes.common_ksampler(model, 0, 2, 5.0, "euler", "normal", positive, negative,
-                                             {"samples": torch.zeros(1, 4, 8, 8)})[0]["samples"]
+    latent = sample_with_pack(bas, run_node, sd15.model, sd15.clip, concepts, "a photo of <cat> and <asset1>")
     assert torch.isfinite(latent).all()
     assert concepts.pack.meta["fingerprint"] == bas.module("nodes.common").unet_fingerprint(sd15.model)

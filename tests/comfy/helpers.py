@@ -1,15 +1,64 @@
-"""The same training run through the engine's diffusers path and through ComfyUI's model in place (tests only)."""
+"""Helpers of the in-process ComfyUI tests: the two-concept test scene, ComfyUI's progress hook, sampling with a
+pack through the nodes, and the same training run through the engine's diffusers path and ComfyUI's model."""
 from __future__ import annotations
 
 import gc
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+import comfy.model_management as mm
+
 from engine_helpers import make_scene
 
 COMFYUI_PATH = os.environ["COMFYUI_PATH"]
+
+
+def scene_inputs(names: str = "cat, bowl") -> dict:
+    """Masked Concept Loader inputs: a smooth random 64 px picture and two side-by-side rectangular masks."""
+    g = torch.Generator().manual_seed(0)
+    image = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=(64, 64), mode="bilinear",
+                                            align_corners=False).clamp(0, 1).permute(0, 2, 3, 1)
+    masks = torch.zeros(2, 64, 64)
+    masks[0, 16:48, 4:30] = 1.0
+    masks[1, 16:48, 34:60] = 1.0
+    return dict(image=image, concept_names=names, initializers="", masks=masks)
+
+
+class Hook:
+    """ComfyUI's progress-bar hook: records calls; sets the interrupt flag once a step is reached and (with
+    ``raise_interrupt``) raises it as the server's hook does (main.py)."""
+
+    def __init__(self, interrupt_at: int | None = None, raise_interrupt: bool = False):
+        self.calls = []
+        self.interrupt_at = interrupt_at
+        self.raise_interrupt = raise_interrupt
+
+    def __call__(self, value, total, preview, prompt_id=None, node_id=None):
+        self.calls.append(SimpleNamespace(value=value, total=total, preview=preview, node_id=node_id))
+        if self.interrupt_at is not None and value >= self.interrupt_at:
+            mm.interrupt_current_processing(True)
+            if self.raise_interrupt:
+                mm.throw_exception_if_processing_interrupted()
+
+    @property
+    def steps(self) -> list[int]:
+        return [c.value for c in self.calls if c.preview is None]
+
+
+def sample_with_pack(bas, run_node, model, clip, concepts, text: str, steps: int = 2) -> torch.Tensor:
+    """Handle Injector -> Concept Prompt Encoder -> ComfyUI's KSampler on an 8x8 latent: the latent."""
+    import nodes as comfy_nodes
+
+    new_model, new_clip = run_node(bas.classes["HandleInjector"], model=model, clip=clip, concepts=concepts,
+                                   strength_model=1.0, strength_clip=1.0).args
+    positive = run_node(bas.classes["ConceptPromptEncoder"], clip=new_clip, concepts=concepts, text=text).args[0]
+    with torch.inference_mode():
+        negative = comfy_nodes.CLIPTextEncode().encode(new_clip, "")[0]
+        return comfy_nodes.common_ksampler(new_model, 0, steps, 5.0, "euler", "normal", positive, negative,
+                                           {"samples": torch.zeros(1, 4, 8, 8)})[0]["samples"]
 
 
 def _engine_components(loaded, prediction_type: str):
