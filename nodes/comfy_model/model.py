@@ -120,10 +120,13 @@ class ComfyModel(ModelAdapter):
         if device.type != "cuda":
             return None
         mm = self.mm
+        ours = (self.unet, self.clip.patcher)
+        # models ComfyUI may offload: every loaded one but those sharing our weights (clones of the MODEL / CLIP)
         others = sum(loaded.model_loaded_memory() for loaded in mm.current_loaded_models
-                     if loaded.device == device and loaded.model is not None)
-        ours = sum(p.model_size() - p.loaded_size() for p in (self.unet, self.clip.patcher))
-        return mm.get_free_memory(device) + others - ours
+                     if loaded.device == device and loaded.model is not None
+                     and not any(loaded.model.is_clone(patcher) for patcher in ours))
+        missing = sum(patcher.model_size() - patcher.loaded_size() for patcher in ours)
+        return mm.get_free_memory(device) + others - missing
 
     def load(self) -> None:
         """Put both clones (their current patches and wrappers) on the device, fully; ComfyUI frees room first."""

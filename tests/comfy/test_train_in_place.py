@@ -333,3 +333,32 @@ def test_packs_cross_between_the_paths(bas, run_node, sd15, scene, checkpoint_pa
     latent = sample_with_pack(bas, run_node, sd15.model, sd15.clip, concepts, "a photo of <cat> and <asset1>")
     assert torch.isfinite(latent).all()
     assert concepts.pack.meta["fingerprint"] == bas.module("nodes.common").unet_fingerprint(sd15.model)
+
+
+def test_free_memory_counts_what_comfy_can_offload(bas, sd15, monkeypatch):
+    """The memory plan on CUDA: free memory, plus what ComfyUI can offload (loaded models that do not share the
+    training clones' weights), minus what the clones still need. (Stand-ins for the loaded-model list and the free
+    figure: no GPU is touched.)"""
+    ComfyModel = bas.module("nodes.comfy_model").ComfyModel
+    cuda = torch.device("cuda")
+    with torch.inference_mode(False):
+        adapter = ComfyModel(sd15.model, sd15.clip, sd15.vae, "sd1", "epsilon")
+
+    class Unrelated:
+        def is_clone(self, other):
+            return False
+
+    class Loaded:
+        def __init__(self, model, size):
+            self.model, self.device, self.size = model, cuda, size
+
+        def model_loaded_memory(self):
+            return self.size
+
+    gib = 2 ** 30
+    monkeypatch.setattr(mm, "current_loaded_models", [Loaded(Unrelated(), 5 * gib), Loaded(sd15.model, 1 * gib)])
+    monkeypatch.setattr(mm, "get_free_memory", lambda device=None, torch_free_too=False: 2 * gib)
+    missing = sum(p.model_size() - p.loaded_size() for p in (adapter.unet, adapter.clip.patcher))
+    assert missing > 0
+    assert adapter._free_bytes_for_training(cuda) == 2 * gib + 5 * gib - missing
+    assert adapter._free_bytes_for_training(torch.device("cpu")) is None
