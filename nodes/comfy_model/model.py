@@ -36,6 +36,30 @@ from .weights import TEXT_ENCODER_TARGETS, UNET_TARGETS, TrainableWeights
 log = logging.getLogger("break_a_scene")
 
 
+def _leave_inference_tensors(module: torch.nn.Module) -> None:
+    """Give the module ordinary tensors with the same values where it holds inference tensors.
+
+    ComfyUI runs its nodes under ``torch.inference_mode()``, so a checkpoint loaded by a node (Load Checkpoint in a
+    graph) has inference tensors for weights, which autograd refuses to save for the backward pass. One tensor at a
+    time is copied (outside inference mode) and put in its place, the way ComfyUI's own patching swaps parameters
+    (``comfy.utils.set_attr_param``); the values do not change, and ComfyUI samples with ordinary tensors as well.
+    """
+    for owner in module.modules():
+        for name, tensor in list(owner._parameters.items()):
+            if tensor is not None and tensor.is_inference():
+                owner._parameters[name] = torch.nn.Parameter(tensor.clone(), requires_grad=False)
+        for name, tensor in list(owner._buffers.items()):
+            if tensor is not None and tensor.is_inference():
+                owner._buffers[name] = tensor.clone()
+
+
+def _restore_requires_grad(flags) -> None:
+    for p, flag in flags:
+        if p.requires_grad != flag:
+            with torch.inference_mode(p.is_inference()):     # an inference tensor takes the flag only in there
+                p.requires_grad_(flag)
+
+
 class ComfyModel(ModelAdapter):
     """ComfyUI's MODEL + CLIP + VAE of one checkpoint as the training loop takes them (``family``: the family key
     the node read off the MODEL; ``prediction_type`` likewise)."""
@@ -82,12 +106,6 @@ class ComfyModel(ModelAdapter):
         self.device = device
         self.on_release(self._unload)
         model = self.unet.model
-        # ComfyUI leaves its UNet's weights requiring grad (it samples under inference mode); frozen for the run, or
-        # backward would fill a gradient for every weight: a second full-size copy
-        for module in (model, self.clip.cond_stage_model):
-            flags = [(p, p.requires_grad) for p in module.parameters()]
-            module.requires_grad_(False)
-            self.on_release(lambda flags=flags: [p.requires_grad_(flag) for p, flag in flags])
         dtype = compute_dtype or torch.float32
         current = model.manual_cast_dtype or model.get_dtype()
         if current != dtype:
@@ -113,6 +131,12 @@ class ComfyModel(ModelAdapter):
                                            free_bytes=self._free_bytes_for_training(device))
         self.memory_required = needed(*image_size, checkpointing)
         self.load()
+        # ComfyUI leaves its UNet's weights requiring grad (it samples under inference mode); frozen for the run, or
+        # backward would fill a gradient for every weight: a second full-size copy
+        for module in (model, self.clip.cond_stage_model):
+            flags = [(p, p.requires_grad) for p in module.parameters()]
+            module.requires_grad_(False)
+            self.on_release(lambda flags=flags: _restore_requires_grad(flags))
         return checkpointing
 
     def _free_bytes_for_training(self, device: torch.device) -> int | None:
@@ -132,6 +156,8 @@ class ComfyModel(ModelAdapter):
         """Put both clones (their current patches and wrappers) on the device, fully; ComfyUI frees room first."""
         self.mm.load_models_gpu([self.unet, self.clip.patcher], memory_required=self.memory_required,
                                 force_full_load=True)
+        for module in (self.unet.model, self.clip.cond_stage_model):
+            _leave_inference_tensors(module)
 
     def _unload(self) -> None:
         """Take the clones off ComfyUI's list of loaded models and unpatch them; drop the wrappers from the layers."""

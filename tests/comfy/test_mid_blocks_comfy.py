@@ -82,8 +82,9 @@ def _middle(model) -> list[str]:
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_comfy_detects_trains_in_place_and_samples(bas, run_node, checkpoints, kind):
-    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(checkpoints[kind], output_vae=True,
-                                                                output_clip=True, embedding_directory=None)
+    with torch.inference_mode():            # as ComfyUI's Load Checkpoint node runs
+        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(checkpoints[kind], output_vae=True,
+                                                                    output_clip=True, embedding_directory=None)
     try:
         assert type(model.model.model_config).__name__ == "Segmind_Vega"
         assert _middle(model) == {"transformer": ["ResBlock", "SpatialTransformer", "ResBlock"],

@@ -50,8 +50,9 @@ def run(node_id, **inputs):
     with torch.inference_mode():
         return clone.execute(**inputs).args
 
-model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(checkpoint, output_vae=True, output_clip=True,
-                                                            embedding_directory=None)
+with torch.inference_mode():           # as ComfyUI's Load Checkpoint node runs
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(checkpoint, output_vae=True, output_clip=True,
+                                                                embedding_directory=None)
 image = torch.rand(1, 64, 64, 3)
 masks = torch.zeros(2, 64, 64)
 masks[0, 16:48, 4:30] = 1.0

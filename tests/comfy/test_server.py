@@ -365,13 +365,16 @@ def test_interrupt_mid_training(server, trained):
     wait_for_gc(server)
     rss_before = server.rss()
     api = tiny("extract_and_generate")
-    h.patch_inputs(api, "BreakASceneTrainer", pack_name="interrupted", phase1_steps=300, phase2_steps=300)
+    # interrupted in phase 2 of a full fine-tune: the fp32 deltas, their gradients and Adam's state on the model
+    # trained in place are what must show while training and be gone after (phase 1 alone holds a few rows)
+    h.patch_inputs(api, "BreakASceneTrainer", pack_name="interrupted", phase1_steps=2, phase2_steps=300,
+                   mode="full")
     trainer_id = next(k for k, n in api.items() if n["class_type"] == "BreakASceneTrainer")
     state = {"interrupted_at": None, "peak": rss_before}
 
     def on_event(kind, data):
         state["peak"] = max(state["peak"], server.rss())
-        if kind == "progress" and data.get("node") == trainer_id and data["value"] >= 3 \
+        if kind == "progress" and data.get("node") == trainer_id and data["value"] >= 5 \
                 and state["interrupted_at"] is None:
             state["interrupted_at"] = (data["value"], data["max"])
             assert server.interrupt() == 200

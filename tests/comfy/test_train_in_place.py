@@ -30,8 +30,10 @@ TRAIN = dict(pack_name="inplace", phase1_steps=2, phase2_steps=2, phase1_lr=5e-4
 
 
 def _load(checkpoint_path, name: str):
-    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(checkpoint_path(name), output_vae=True,
-                                                                output_clip=True, embedding_directory=None)
+    """The checkpoint as ComfyUI's Load Checkpoint node loads it: inside inference mode (inference tensors)."""
+    with torch.inference_mode():
+        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(checkpoint_path(name), output_vae=True,
+                                                                    output_clip=True, embedding_directory=None)
     return SimpleNamespace(model=model, clip=clip, vae=vae)
 
 
@@ -358,7 +360,9 @@ def test_free_memory_counts_what_comfy_can_offload(bas, sd15, monkeypatch):
     gib = 2 ** 30
     monkeypatch.setattr(mm, "current_loaded_models", [Loaded(Unrelated(), 5 * gib), Loaded(sd15.model, 1 * gib)])
     monkeypatch.setattr(mm, "get_free_memory", lambda device=None, torch_free_too=False: 2 * gib)
-    missing = sum(p.model_size() - p.loaded_size() for p in (adapter.unet, adapter.clip.patcher))
+    for patcher in (adapter.unet, adapter.clip.patcher):    # nothing of the clones on the GPU yet
+        monkeypatch.setattr(patcher, "loaded_size", lambda: 0)
+    missing = sum(p.model_size() for p in (adapter.unet, adapter.clip.patcher))
     assert missing > 0
     assert adapter._free_bytes_for_training(cuda) == 2 * gib + 5 * gib - missing
     assert adapter._free_bytes_for_training(torch.device("cpu")) is None
