@@ -95,4 +95,4 @@ def detect_family(unet: UNet2DConditionModel) -> str:
         if family.addition_embed_type == extra:
             return family.key
     raise ModelError(f"this UNet takes extra conditioning {extra!r} (cross-attention width {context}); "
-                     f"Break-A-Scene here supports {supported_labels()}")
+                     f"Break-A-Scene here supports {supported_labels(diffusers=True)}")

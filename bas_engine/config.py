@@ -66,6 +66,9 @@ class TrainConfig:
                                        optional=True)
     attention_downscale: int = setting(4, "attention maps from the layers at 1/N of the latent resolution",
                                        min=1, max=64)
+    guidance: float = setting(3.5, "Flux dev: the distilled guidance the transformer is given while training, as "
+                                   "FluxGuidance sets it (3.5: ComfyUI's default; models without it ignore it)",
+                              min=0.0, max=100.0)
 
     def __post_init__(self) -> None:
         # True / False are accepted for gradient_checkpointing (the Python API's earlier spelling)

@@ -39,6 +39,10 @@ class TextEncoderSpec:
     embedding_key: str | None = None
     #: padding token of the tokenizer when it differs from CLIP's end-of-text (OpenCLIP pads with "!")
     pad_token: str | None = None
+    #: attribute path, in ComfyUI's encoder module (``SDClipModel``), of its list of transformer layers
+    comfy_layers: str = "transformer.text_model.encoder.layers"
+    #: phase 2's train_text_encoder adapts it (False: only its handle rows train, e.g. Flux's T5)
+    trainable: bool = True
 
 
 @dataclass(frozen=True)
@@ -68,10 +72,24 @@ class Family:
     pooled_encoder: str | None = None
     #: the VAE's latent scaling factor (single-file checkpoints do not store it)
     vae_scaling_factor: float = 0.18215
+    #: the denoiser's architecture: "unet" (SD's UNet, cross-attention to the text) or "flux" (a DiT with joint
+    #: text-image attention); the node pack's ComfyUI adapter picks its denoiser parts by this key
+    denoiser: str = "unet"
+    #: the encoders whose token states form the denoiser's text context (concatenated in this order); the handles'
+    #: attention columns are their positions in the first one. None: every encoder (SD1, SD2, SDXL)
+    context_encoders: tuple[str, ...] | None = None
+    #: phase 2 may fine-tune the whole denoiser (mode "full"); False where it cannot be done in practice
+    full_finetune: bool = True
+    #: the engine's own diffusers path (``bas extract``, the Python API) can load and train it; False: ComfyUI only
+    diffusers_path: bool = True
 
     @property
     def encoder_names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self.text_encoders)
+
+    @property
+    def context_encoder_names(self) -> tuple[str, ...]:
+        return self.context_encoders or self.encoder_names
 
     def encoder(self, name: str) -> TextEncoderSpec:
         for spec in self.text_encoders:
@@ -121,8 +139,36 @@ SDXL = Family(
     ),
 )
 
+FLUX = Family(
+    key="flux", label="Flux.1", context_dim=4096, native_resolution=1024, denoiser="flux",
+    comfy_model_configs=("Flux", "FluxSchnell"),
+    # flow matching: the model predicts the velocity (noise - image) along the straight path of its shifted sigmas
+    prediction_types=("flow",),
+    # the transformer reads T5's token states; CLIP-L gives only the pooled vector (ComfyUI's FluxClipModel)
+    context_encoders=("t5xxl",), pooled_encoder="clip_l",
+    # ComfyUI's Flux latent format scales and shifts; the adapter uses the model's own process_latent_in
+    vae_scaling_factor=0.3611,
+    # the joint attention of the double-stream blocks: image queries against the handle tokens of T5's states
+    # (docs/FLUX.md says why these blocks)
+    attention_blocks=("double",),
+    # 12B parameters: a full fine-tune needs ~200 GB for weights, gradients and Adam's state
+    full_finetune=False, diffusers_path=False,
+    text_encoders=(
+        TextEncoderSpec(
+            name="t5xxl", width=4096, checkpoint_prefix="text_encoders.t5xxl.transformer.", checkpoint_layout="t5",
+            drop_last_layer=False, hidden_state="last", config_file="", comfy_prefix="t5xxl.transformer.",
+            comfy_tokens="t5xxl", kohya_prefix="lora_te2", embedding_key="t5xxl",
+            comfy_layers="transformer.encoder.block", trainable=False),
+        TextEncoderSpec(
+            name="clip_l", width=768, checkpoint_prefix="text_encoders.clip_l.transformer.", checkpoint_layout="hf",
+            drop_last_layer=False, hidden_state="last", config_file="sd1_text_encoder.json",
+            comfy_prefix="clip_l.transformer.text_model.", comfy_tokens="l", kohya_prefix="lora_te1",
+            embedding_key="clip_l"),
+    ),
+)
+
 #: every supported family by key, in the order errors list them
-FAMILIES: dict[str, Family] = {f.key: f for f in (SD1, SD2, SDXL)}
+FAMILIES: dict[str, Family] = {f.key: f for f in (SD1, SD2, SDXL, FLUX)}
 
 
 def get_family(key: str) -> Family:
@@ -133,9 +179,10 @@ def get_family(key: str) -> Family:
         raise KeyError(f"unknown model family {key!r}; known: {', '.join(FAMILIES)}") from None
 
 
-def supported_labels() -> str:
-    """'SD1.x and SD2.x' (for error messages)."""
-    labels = [f.label for f in FAMILIES.values()]
+def supported_labels(diffusers: bool = False) -> str:
+    """'SD1.x, SD2.x, SDXL and Flux.1' (for error messages); ``diffusers``: only the families the engine's own
+    diffusers path loads."""
+    labels = [f.label for f in FAMILIES.values() if f.diffusers_path or not diffusers]
     return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
 
 
@@ -153,7 +200,8 @@ SELF_CONTAINED_ADDITIONS = ("text",)
 def family_for_unet(context_dim: int, addition_embed_type: str | None = None) -> Family | None:
     """The family of a UNet with this cross-attention width and extra conditioning; None when none fits."""
     for family in FAMILIES.values():
-        if family.context_dim == context_dim and family.addition_embed_type == addition_embed_type:
+        if family.denoiser == "unet" and family.context_dim == context_dim \
+                and family.addition_embed_type == addition_embed_type:
             return family
     return None
 
@@ -170,6 +218,6 @@ def family_for_checkpoint_keys(keys) -> Family | None:
     """The family whose text encoders' checkpoint prefixes the keys of a single-file checkpoint use."""
     keys = list(keys)
     for family in FAMILIES.values():
-        if all(any(k.startswith(spec.checkpoint_prefix) for k in keys) for spec in family.text_encoders):
+        if family.diffusers_path and all(any(k.startswith(spec.checkpoint_prefix) for k in keys) for spec in family.text_encoders):
             return family
     return None

@@ -254,7 +254,7 @@ def diffusers_unet_config(ldm_unet_config: Mapping[str, Any], *, family: str | N
                      projection_class_embeddings_input_dim=adm)
     elif adm:
         raise ModelError(f"this UNet has an extra (ADM) embedding of {adm} inputs, which {spec.label} models do not "
-                         f"have (an unCLIP or other variant?); supported: {supported_labels()}")
+                         f"have (an unCLIP or other variant?); supported: {supported_labels(diffusers=True)}")
     if cfg.get("transformer_depth_output"):
         # the up blocks must mirror the down blocks (distilled variants that thin the decoder unevenly cannot
         # be held by one diffusers config here)
@@ -446,7 +446,7 @@ def detect_checkpoint_family(state_dict: Mapping[str, torch.Tensor]) -> str:
     if family is not None:
         return family.key
     if any(k.startswith("conditioner.") for k in state_dict):
-        raise ModelError(f"this is an SDXL-style checkpoint (conditioner.*); supported: {supported_labels()}")
+        raise ModelError(f"this is an SDXL-style checkpoint (conditioner.*); supported: {supported_labels(diffusers=True)}")
     raise ModelError("no text encoder in the checkpoint (cond_stage_model.* missing)")
 
 

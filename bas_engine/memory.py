@@ -30,6 +30,26 @@ def activation_bytes(widths: Sequence[int], blocks: int, latent_pixels: int, bat
     return int(per_pixel * latent_pixels * batch * ACTIVATIONS_PER_CHANNEL_PIXEL[checkpointing] * bytes_per_element)
 
 
+#: activations a DiT block keeps per token per hidden channel for the backward pass, in elements: counted from
+#: Flux's blocks (norm, modulation, qkv, q/k norms and rotations, attention output, projection, residual, the MLP's
+#: 4x wide input and activation: ~23 per stream of a double block, ~24 for a single block's fused linears)
+DIT_ACTIVATIONS_PER_TOKEN_CHANNEL = {"double": 23, "single": 24}
+
+
+def dit_activation_bytes(hidden: int, double_blocks: int, single_blocks: int, image_tokens: int, text_tokens: int,
+                         batch: int, checkpointing: bool, bytes_per_element: int) -> int:
+    """Activations of one training step of a Flux-like transformer (double-stream then single-stream blocks over
+    text + image tokens; attention through SDPA keeps no probabilities). With checkpointing each block keeps only
+    its input and one block at a time is recomputed."""
+    tokens = image_tokens + text_tokens
+    per_block = {kind: count * tokens * hidden for kind, count in DIT_ACTIVATIONS_PER_TOKEN_CHANNEL.items()}
+    if checkpointing:
+        elements = (double_blocks + single_blocks) * tokens * hidden + max(per_block.values())
+    else:
+        elements = double_blocks * per_block["double"] + single_blocks * per_block["single"]
+    return int(elements * batch * bytes_per_element)
+
+
 def weight_bytes(modules: list[torch.nn.Module], device: torch.device) -> int:
     """Bytes of the parameters and buffers that are not on `device` yet."""
     total = 0

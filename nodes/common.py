@@ -111,8 +111,11 @@ def prediction_type(model, what: str = "model") -> str:
         return "epsilon"
     if model_type == ModelType.V_PREDICTION:
         return "v_prediction"
+    if model_type == ModelType.FLUX:
+        return "flow"
     label = getattr(model_type, "name", model_type)
-    raise UserError(f"{what}: prediction type {label} is not supported (epsilon and v-prediction are)")
+    raise UserError(f"{what}: prediction type {label} is not supported (epsilon, v-prediction and Flux's flow "
+                    "matching are)")
 
 
 def clip_encoders(clip, what: str = "clip") -> list[str]:
@@ -128,6 +131,17 @@ def clip_encoders(clip, what: str = "clip") -> list[str]:
         if len(family.text_encoders) > 1 and all(hasattr(tokenizer, n) for n in family.encoder_names):
             return list(family.encoder_names)
     raise UserError(f"{what}: this CLIP ({type(tokenizer).__name__}) is not a text encoder of {supported_labels()}")
+
+
+def encoder_width(clip, encoder: str) -> int | None:
+    """The width of a CLIP's text encoder as its token-embedding table has it (the tokenizer's ``embedding_size``
+    is the family's usual width, not necessarily this model's); None when the CLIP does not tell."""
+    module = getattr(getattr(clip, "cond_stage_model", None), encoder, None)
+    try:
+        return int(module.transformer.get_input_embeddings().weight.shape[-1])
+    except AttributeError:
+        size = getattr(getattr(getattr(clip, "tokenizer", None), encoder, None), "embedding_size", None)
+        return int(size) if size is not None else None
 
 
 def clip_encoder(clip, what: str = "clip") -> str:

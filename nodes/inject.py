@@ -12,7 +12,8 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from .common import CATEGORY, UserError, check_clip, clip_encoders, model_family, unet_fingerprint, user_error
+from .common import (CATEGORY, UserError, check_clip, clip_encoders, encoder_width, model_family, unet_fingerprint,
+                     user_error)
 from .handle_tokens import installed_handles, tokenizer_with_vectors
 from .types import Concepts, ConceptsType
 
@@ -49,7 +50,7 @@ def install_handles(clip, concepts: Concepts) -> None:
     vectors = {}
     for encoder in clip_encoders(clip):
         vectors[encoder] = handle_vectors(concepts, encoder)
-        size = getattr(getattr(clip.tokenizer, encoder), "embedding_size", None)
+        size = encoder_width(clip, encoder)
         for name, vec in vectors[encoder].items():
             if size is not None and vec.shape[-1] != size:
                 raise UserError(f"concepts: handle {name} has {vec.shape[-1]} values, this CLIP's {encoder} embeds "
@@ -142,7 +143,7 @@ def inject(model, clip, concepts: Concepts, strength_model: float = 1.0, strengt
     family = model_family(model)
     encoders = check_clip(clip, family)
     pack = concepts.pack
-    widths = {encoder: getattr(getattr(clip.tokenizer, encoder), "embedding_size", None) for encoder in encoders}
+    widths = {encoder: encoder_width(clip, encoder) for encoder in encoders}
     try:
         for warning in check_compatible(pack, family, unet_fingerprint(model),
                                         encoder_widths={k: w for k, w in widths.items() if w} or None):

@@ -26,12 +26,16 @@ import torch
 from ...bas_engine.errors import InputError
 from ...bas_engine.families import get_family
 from ...bas_engine.latents import CachedPosterior
-from ...bas_engine.memory import activation_bytes, plan_checkpointing
+from ...bas_engine.memory import plan_checkpointing
 from ...bas_engine.model_adapter import ModelAdapter
 from ..common import unet_fingerprint
-from .attention import ComfyAttentionHooks
+from .flux import FluxParts
 from .text import ComfyText
-from .weights import TEXT_ENCODER_TARGETS, UNET_TARGETS, TrainableWeights
+from .unet import UNetParts
+from .weights import TEXT_ENCODER_TARGETS, TrainableWeights
+
+#: the denoiser parts of each architecture of the family table (``Family.denoiser``)
+DENOISER_PARTS = {"unet": UNetParts, "flux": FluxParts}
 
 log = logging.getLogger("break_a_scene")
 
@@ -75,9 +79,9 @@ class ComfyModel(ModelAdapter):
         self.vae = vae
         self.family = get_family(family)
         self.prediction_type = prediction_type
-        diffusion_model = model.model.diffusion_model
+        self.parts = DENOISER_PARTS[self.family.denoiser](self.unet)
         self.vae_scale = int(vae.downscale_ratio)
-        self.latent_multiple = 2 ** (len(diffusion_model.channel_mult) - 1)
+        self.latent_multiple = self.parts.latent_multiple
         self.model_sampling = self.unet.get_model_object("model_sampling")
         self.num_train_timesteps = int(self.model_sampling.sigmas.shape[0])
         self.device = mm.get_torch_device()
@@ -103,6 +107,9 @@ class ComfyModel(ModelAdapter):
 
     def prepare(self, device: torch.device, compute_dtype: torch.dtype | None, config, image_size: tuple[int, int]
                 ) -> bool:
+        if config.mode == "full" and not self.family.full_finetune:
+            raise InputError(f"mode: a full fine-tune of {self.family.label} is not practical (its weights, gradients "
+                             "and optimizer state need several times a GPU's memory); use mode lora", field="mode")
         self.device = device
         self.on_release(self._unload)
         model = self.unet.model
@@ -118,14 +125,11 @@ class ComfyModel(ModelAdapter):
             stage.set_clip_options({"layer": self.clip.layer_idx})
         self.on_release(stage.reset_clip_options)
 
-        diffusion_model = model.diffusion_model
-        widths = [diffusion_model.model_channels * m for m in diffusion_model.channel_mult]
-        blocks = max(diffusion_model.num_res_blocks)
         element = torch.finfo(dtype).bits // 8
 
         def needed(height: int, width: int, checkpointing: bool) -> int:
-            latent_pixels = (height // self.vae_scale) * (width // self.vae_scale)
-            return activation_bytes(widths, blocks, latent_pixels, config.batch_size, checkpointing, element)
+            latent = (height // self.vae_scale, width // self.vae_scale)
+            return self.parts.activation_bytes(latent, config.batch_size, checkpointing, element)
 
         checkpointing = plan_checkpointing(needed, image_size, config.gradient_checkpointing, device,
                                            free_bytes=self._free_bytes_for_training(device))
@@ -137,6 +141,9 @@ class ComfyModel(ModelAdapter):
             flags = [(p, p.requires_grad) for p in module.parameters()]
             module.requires_grad_(False)
             self.on_release(lambda flags=flags: _restore_requires_grad(flags))
+        guards = self.parts.guard_in_place()
+        self.on_release(lambda: [guard.remove() for guard in guards])
+        self.config = config
         return checkpointing
 
     def _free_bytes_for_training(self, device: torch.device) -> int | None:
@@ -170,25 +177,24 @@ class ComfyModel(ModelAdapter):
         self.weights.remove()
 
     def enable_gradient_checkpointing(self) -> None:
-        """Recompute each block's activations in backward (ComfyUI's trainer does the same: every highest layer of
-        the UNet that is not a container runs under ``torch.utils.checkpoint``)."""
+        """Recompute each block's activations in backward (ComfyUI's trainer does the same: the denoiser's blocks,
+        for the UNet every highest layer that is not a container, run under ``torch.utils.checkpoint``)."""
         def wrap(module: torch.nn.Module) -> None:
             forward = module.forward
 
+            def run(args, kwargs):
+                # a block that adds into its input in place must not change what the recomputation starts from
+                args = tuple(a.clone() if torch.is_tensor(a) else a for a in args)
+                kwargs = {k: v.clone() if torch.is_tensor(v) else v for k, v in kwargs.items()}
+                return forward(*args, **kwargs)
+
             def checkpointed(*args, **kwargs):
-                return torch.utils.checkpoint.checkpoint(lambda a, k: forward(*a, **k), args, kwargs,
-                                                         use_reentrant=False)
+                return torch.utils.checkpoint.checkpoint(run, args, kwargs, use_reentrant=False)
             module.forward = checkpointed
             self._checkpointed.append(module)
 
-        def visit(module: torch.nn.Module) -> None:
-            for child in module.children():
-                if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential, torch.nn.ModuleDict)):
-                    visit(child)
-                else:
-                    wrap(child)
-
-        visit(self.unet.model.diffusion_model)
+        for module in self.parts.checkpoint_modules():
+            wrap(module)
         self.on_release(self._restore_forwards)
 
     def _restore_forwards(self) -> None:
@@ -227,8 +233,8 @@ class ComfyModel(ModelAdapter):
         self.on_release(text.remove_hooks)
         return text
 
-    def attention_hooks(self, downscale: int) -> ComfyAttentionHooks:
-        hooks = ComfyAttentionHooks(self.unet, downscale, self.family.attention_blocks)
+    def attention_hooks(self, downscale: int):
+        hooks = self.parts.attention_hooks(downscale, self.family.attention_blocks)
         hooks.install()
         self.on_release(hooks.remove)
         return hooks
@@ -253,7 +259,7 @@ class ComfyModel(ModelAdapter):
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, conditioning) -> torch.Tensor:
         context, pooled, sizes = conditioning
         sigma = self._sigmas(timesteps)
-        extra = {}
+        extra = self.parts.extra_inputs(noisy.shape[0], self.config, noisy.device)
         adm = self._adm(pooled, sizes)
         if adm is not None:
             extra["y"] = adm
@@ -285,12 +291,14 @@ class ComfyModel(ModelAdapter):
     # -- phase 2 ------------------------------------------------------------------------------------------------------
     def phase2_parameters(self, config, generator: torch.Generator) -> list[torch.nn.Parameter]:
         weights = self.weights
-        unet_layers = weights.unet_layers(self.unet)
+        unet_layers = self.parts.trainable_layers()
+        encoders = enumerate(self.family.text_encoders) if config.train_text_encoder else ()
         text = [(("text_encoder" if i == 0 else f"text_encoder_{i + 1}"), weights.text_layers(self.clip, spec))
-                for i, spec in enumerate(self.family.text_encoders)] if config.train_text_encoder else []
+                for i, spec in encoders if spec.trainable]
         if config.mode == "lora":
             alpha = config.lora_alpha or config.lora_rank
-            weights.add_lora(self.unet, "unet", unet_layers, UNET_TARGETS, config.lora_rank, alpha, generator)
+            weights.add_lora(self.unet, "unet", unet_layers, self.parts.lora_targets, config.lora_rank, alpha,
+                             generator)
             for prefix, layers in text:
                 weights.add_lora(self.clip.patcher, prefix, layers, TEXT_ENCODER_TARGETS, config.lora_rank, alpha,
                                  generator)

@@ -9,9 +9,9 @@ run as the CLIP would run them for a prompt (its layer setting, its weight patch
 For the run, two things let gradients reach the handle vectors through ComfyUI's encoders, changed on their layers
 and put back afterwards:
 
-* ComfyUI's CLIP layers add their residuals in place (``x += attn(layer_norm1(x))``), which autograd refuses once
-  the layer norm has saved ``x`` for the backward pass: each layer norm gets a pre-hook that hands it a copy of its
-  input (77 x width values);
+* ComfyUI's CLIP and T5 layers add their residuals in place (``x += attn(layer_norm1(x))``), which autograd
+  refuses once the layer norm has saved ``x`` for the backward pass: each layer norm (``LayerNorm``,
+  ``T5LayerNorm``) gets a pre-hook that hands it a copy of its input (tokens x width values);
 * ComfyUI computes its text encoders in fp32 from weights it keeps in fp16, casting each layer's weights as it runs;
   every cast copy would stay alive until the backward pass (a whole fp32 copy of the encoder: 2.8 GB for SDXL's
   OpenCLIP-G). Each transformer layer runs under ``torch.utils.checkpoint`` instead, so one layer's copy is alive
@@ -52,6 +52,17 @@ def _checkpointed(forward):
     return run
 
 
+def _is_layer_norm(module: torch.nn.Module) -> bool:
+    """torch's LayerNorm and ComfyUI's T5LayerNorm (an RMS norm that saves its input the same way)."""
+    return isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("LayerNorm")
+
+
+def _attribute(root, path: str):
+    for name in path.split("."):
+        root = getattr(root, name)
+    return root
+
+
 def _stand_in_name(index: int) -> str:
     return f"bas_training_handle_{index}"
 
@@ -76,10 +87,9 @@ class ComfyText(TextHandles):
         self._tokenizer = tokenizer_with_vectors(clip.tokenizer, stand_ins)
         self._cache: dict[str, tuple[dict[str, list], list[int]]] = {}
         self._hooks = [module.register_forward_pre_hook(_copy_input)
-                       for _, model, _ in self.encoders for module in model.modules()
-                       if isinstance(module, torch.nn.LayerNorm)]
-        self._checkpointed = [layer for _, model, _ in self.encoders
-                              for layer in model.transformer.text_model.encoder.layers]
+                       for _, model, _ in self.encoders for module in model.modules() if _is_layer_norm(module)]
+        self._checkpointed = [layer for spec, model, _ in self.encoders
+                              for layer in _attribute(model, spec.comfy_layers)]
         for layer in self._checkpointed:
             layer.forward = _checkpointed(layer.forward)
 
@@ -127,6 +137,9 @@ class ComfyText(TextHandles):
             return self._cache[prompt]
         text = HANDLE_RE.sub(lambda m: f" embedding:{_stand_in_name(self._handle_index(m.group(0)))} ", prompt)
         tokenized = self._tokenizer.tokenize_with_weights(text)
+        # the attention columns are the handles' positions in the context encoders' tokens (all of them agree:
+        # SDXL's two CLIPs; Flux's T5 alone, whose positions differ from CLIP-L's, which gives only the pooled vector)
+        context = self.family.context_encoder_names
         per_encoder, where = {}, None
         for spec, _, _ in self.encoders:
             chunks = tokenized[spec.comfy_tokens]
@@ -143,10 +156,12 @@ class ComfyText(TextHandles):
                         found[index] = position
                 else:
                     template.append(int(token))
-            if where is not None and found != where:
-                raise RuntimeError(f"the handles sit at other positions in the {spec.name} tokens than in the first "
-                                   "encoder's")
-            per_encoder[spec.name], where = template, found
+            per_encoder[spec.name] = template
+            if spec.name in context:
+                if where is not None and found != where:
+                    raise RuntimeError(f"the handles sit at other positions in the {spec.name} tokens than in the "
+                                       "first context encoder's")
+                where = found
         self._cache[prompt] = (per_encoder, where)
         return self._cache[prompt]
 
@@ -158,14 +173,15 @@ class ComfyText(TextHandles):
                              field="prompt") from None
 
     def encode(self, batch: PromptBatch, sizes: Sequence[SizeCondition]):
-        """(context, pooled vector or None, sizes): every encoder's states, combined as the family's UNet takes them
-        (features concatenated in the family's order; the pooled vector of the family's pooled encoder)."""
+        """(context, pooled vector or None, sizes): the context encoders' states, combined as the family's denoiser
+        takes them (features concatenated in the family's order; the pooled vector of the family's pooled encoder)."""
         states, pooled = [], None
         for spec, model, vectors in self.encoders:
             token_lists = [[vectors[t.index] if isinstance(t, HandleSlot) else t for t in template]
                            for template in batch.tokens[spec.name]]
             hidden, projected = model(token_lists)[:2]
-            states.append(hidden)
+            if spec.name in self.family.context_encoder_names:
+                states.append(hidden)
             if spec.name == self.family.pooled_encoder:
                 pooled = projected
         context = states[0] if len(states) == 1 else torch.cat(states, dim=-1)
