@@ -18,6 +18,15 @@ def masked_diffusion_loss(prediction: torch.Tensor, target: torch.Tensor,
     return F.mse_loss(prediction, target, reduction="mean")
 
 
+def pool_to_patches(mask: torch.Tensor, patch: int) -> torch.Tensor:
+    """A (B, 1, h, w) latent mask averaged over each patch x patch block and spread back over it: what a
+    transformer that reads the latent in patches sees of the mask (Flux: 2x2). ``patch`` 1 leaves it as it is."""
+    if patch == 1:
+        return mask
+    pooled = F.avg_pool2d(mask.float(), patch, ceil_mode=True)
+    return pooled.repeat_interleave(patch, -2).repeat_interleave(patch, -1)[..., :mask.shape[-2], :mask.shape[-1]]
+
+
 def attention_loss(maps: torch.Tensor, masks: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     """Cross-attention loss: each chosen handle's map, divided by its max, against its own mask.
 

@@ -105,6 +105,8 @@ class ModelAdapter(ABC):
     latent_multiple: int
     #: the number of discrete training timesteps the loop draws from
     num_train_timesteps: int = 1000
+    #: the denoiser reads the latent in patches of this side (a DiT: Flux 2); the loss mask is pooled to them
+    patch_size: int = 1
 
     def __init__(self) -> None:
         self._undo: list[Callable[[], None]] = []

@@ -17,7 +17,7 @@ from .callbacks import PreviewEvent, ProgressEvent, TrainCallbacks
 from .config import TrainConfig
 from .handles import default_tokens
 from .latents import CachedPosterior, SceneTensors, training_size
-from .losses import attention_loss, masked_diffusion_loss
+from .losses import attention_loss, masked_diffusion_loss, pool_to_patches
 from .model_adapter import ModelAdapter, SizeCondition
 from .pack import ConceptPack
 from .sampling import ConceptSampler
@@ -200,8 +200,8 @@ class TrainingRun:
             prediction = model.predict(noisy, timesteps, conditioning)
 
         instances = len(draws)
-        losses = {"diffusion": masked_diffusion_loss(prediction[:instances], target[:instances],
-                                                     union_masks.to(device) if config.masked_loss else None)}
+        mask = pool_to_patches(union_masks.to(device), model.patch_size) if config.masked_loss else None
+        losses = {"diffusion": masked_diffusion_loss(prediction[:instances], target[:instances], mask)}
         loss = losses["diffusion"]
         if use_attention:
             maps = self.capture.store.mean_map(*self.scene_t.attention_size)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bas_engine.losses import attention_loss, masked_diffusion_loss
+from bas_engine.losses import attention_loss, masked_diffusion_loss, pool_to_patches
 
 
 def _mask(batch=2, size=8) -> torch.Tensor:
@@ -90,3 +90,16 @@ def test_attention_loss_averages_only_chosen_pairs():
     assert torch.count_nonzero(other.grad[chosen]) > 0
     # nothing chosen: zero, not NaN
     assert attention_loss(maps, masks, torch.zeros(2, 3, dtype=torch.bool)).item() == 0.0
+
+
+def test_pool_to_patches_is_constant_per_patch_and_keeps_the_mean():
+    """Flux reads the latent in 2x2 patches: the loss mask is each patch's mean, spread over the patch."""
+    mask = torch.zeros(1, 1, 6, 6)
+    mask[..., 1:4, 0:5] = 1.0
+    pooled = pool_to_patches(mask, 2)
+    assert pooled.shape == mask.shape
+    blocks = pooled.unfold(-2, 2, 2).unfold(-2, 2, 2)              # (1, 1, 3, 3, 2, 2)
+    assert torch.equal(blocks.amax((-1, -2)), blocks.amin((-1, -2)))
+    assert pooled.sum() == pytest.approx(mask.sum())
+    assert pooled[0, 0, 0, 0] == pytest.approx(0.5) and pooled[0, 0, 0, 4] == pytest.approx(0.25)
+    assert pool_to_patches(mask, 1) is mask

@@ -45,3 +45,25 @@ def test_the_cpu_is_never_refused():
     assert plan_checkpointing(needed, (4096, 4096), "off", torch.device("cpu"), free_bytes=1) is False
     assert plan_checkpointing(needed, (4096, 4096), "auto", torch.device("cpu"), free_bytes=1) is True
     assert available_bytes(torch.device("cpu")) > 0
+
+
+def test_flux_memory_script_prints_every_case(capsys):
+    """scripts/flux_memory.py: bf16 / fp8 frozen weights x checkpointing off / on, parts and totals in GiB."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "flux_memory.py")
+    spec = importlib.util.spec_from_file_location("flux_memory_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--resolution", "1024", "--rank", "16"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "11.90B parameters" in lines[0]      # Flux.1 dev: 11.9B
+    rows = [line for line in lines if line.startswith(("bf16", "fp8"))]
+    assert len(rows) == 4
+    from bas_engine.flux_memory import FLUX_DEV, training_memory
+
+    off = training_memory(FLUX_DEV, 1024, 16, False, 2, 2)
+    on = training_memory(FLUX_DEV, 1024, 16, True, 2, 2)
+    assert on["activations"] < off["activations"] / 10 and on["transformer"] == off["transformer"]
+    assert rows[0].split()[-1] == "no" and rows[-1].split()[-1] == "yes"

@@ -115,8 +115,8 @@ class FluxParts:
     def __init__(self, patcher):
         self.patcher = patcher
         self.diffusion_model = patcher.model.diffusion_model
-        #: a latent side must be whole patches
-        self.latent_multiple = self.diffusion_model.patch_size
+        #: a latent side must be whole patches (the loss mask is pooled to them)
+        self.latent_multiple = self.patch_size = self.diffusion_model.patch_size
 
     def activation_bytes(self, latent_size: tuple[int, int], batch: int, checkpointing: bool, element: int) -> int:
         model = self.diffusion_model

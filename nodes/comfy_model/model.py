@@ -82,6 +82,7 @@ class ComfyModel(ModelAdapter):
         self.parts = DENOISER_PARTS[self.family.denoiser](self.unet)
         self.vae_scale = int(vae.downscale_ratio)
         self.latent_multiple = self.parts.latent_multiple
+        self.patch_size = self.parts.patch_size
         self.model_sampling = self.unet.get_model_object("model_sampling")
         self.num_train_timesteps = int(self.model_sampling.sigmas.shape[0])
         self.device = mm.get_torch_device()

@@ -15,6 +15,8 @@ class UNetParts:
 
     #: the layers phase 2's LoRA adapts (pack names: diffusers module paths)
     lora_targets = UNET_TARGETS
+    #: the UNet reads every latent pixel on its own
+    patch_size = 1
 
     def __init__(self, patcher):
         self.patcher = patcher

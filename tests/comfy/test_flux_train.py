@@ -18,7 +18,7 @@ import torch  # noqa: E402
 import comfy.model_management as mm  # noqa: E402
 
 from comfy_fixtures import CACHE  # noqa: E402
-from flux_models import load_flux, save_flux_files  # noqa: E402
+from flux_models import CLIP_L_CONFIG, load_flux, save_flux_files  # noqa: E402
 from helpers import scene_inputs  # noqa: E402
 
 TRAIN = dict(pack_name="flux_inplace", phase1_steps=2, phase2_steps=2, phase1_lr=5e-4, phase2_lr=0.0, mode="lora",
@@ -205,3 +205,45 @@ def test_flux_pack_samples_through_the_nodes_and_through_stock_nodes(bas, run_no
         plain = comfy_nodes.CLIPTextEncode().encode(stock_clip, "a photo of cat and bowl")[0]
     assert not torch.equal(_flux_sample(flux.model, stock_positive), stock), "the LoRA changed nothing"
     assert not torch.equal(_flux_sample(stock_model, plain), stock), "the handles changed nothing"
+
+
+# -- bad input --------------------------------------------------------------------------------------------------
+
+def test_flux_with_a_wrong_clip_is_a_clear_error(bas, run_node, flux, scene, checkpoint_path):
+    """An SD CLIP, or CLIP-L alone (no T5), on the Flux MODEL: node errors naming the clip input."""
+    import comfy.sd
+
+    with torch.inference_mode():
+        _, sd_clip, _, _ = comfy.sd.load_checkpoint_guess_config(checkpoint_path("sd15"), output_vae=False,
+                                                                 output_clip=True, embedding_directory=None)
+        clip_l_only = comfy.sd.load_clip([flux.paths["clip_l"]], clip_type=comfy.sd.CLIPType.FLUX,
+                                         model_options={"model_config": dict(CLIP_L_CONFIG)})
+    for clip in (sd_clip, clip_l_only):
+        with pytest.raises(ValueError, match=r"^clip: this CLIP has a clip_l text encoder, but the Flux\.1 model "
+                                             r"needs t5xxl \+ clip_l"):
+            run_node(bas.classes["BreakASceneTrainer"], model=flux.model, clip=clip, vae=flux.vae, scene=scene,
+                     **TRAIN)
+
+
+def test_flux_refuses_a_pack_made_on_another_family(bas, run_node, flux, trained):
+    import copy
+    import dataclasses
+
+    pack = copy.copy(trained[0].pack)
+    pack.meta = {**pack.meta, "family": "sdxl"}
+    concepts = dataclasses.replace(trained[0], pack=pack)
+    with pytest.raises(ValueError, match=r"^concepts: .*SDXL.*Flux\.1"):
+        run_node(bas.classes["HandleInjector"], model=flux.model, clip=flux.clip, concepts=concepts,
+                 strength_model=1.0, strength_clip=1.0)
+
+
+def test_flux_memory_estimate_counts_the_transformers_parameters(bas, flux):
+    """bas_engine.flux_memory counts parameters from the architecture: equal to ComfyUI's own Flux of that shape."""
+    flux_memory = bas.module("bas_engine.flux_memory")
+    model = flux.model.model.diffusion_model
+    shape = flux_memory.FluxShape(double_blocks=len(model.double_blocks), single_blocks=len(model.single_blocks),
+                                  pooled=model.params.vec_in_dim)
+    assert shape.transformer_parameters() == sum(p.numel() for p in model.parameters())
+    targets = bas.module("nodes.comfy_model.flux").LORA_TARGETS
+    linears = [m for path, m in model.named_modules() if targets.match(path)]
+    assert shape.lora_parameters(4) == sum(4 * (m.in_features + m.out_features) for m in linears)

@@ -231,11 +231,12 @@ def _fake_model(config_name: str):
     return SimpleNamespace(model=SimpleNamespace(model_config=config), patches={})
 
 
-@pytest.mark.parametrize("family", ["SD3", "Flux", "SD21UnclipL", "SD15_instructpix2pix", "SDXLRefiner"])
+@pytest.mark.parametrize("family", ["SD3", "FluxInpaint", "SD21UnclipL", "SD15_instructpix2pix", "SDXLRefiner"])
 def test_trainer_names_unsupported_family(bas, family, run_node):
     """Every family the table does not hold is named, with the supported ones and ComfyUI's names for them."""
     with pytest.raises(ValueError, match=rf"^model: this is a {family} model; Break-A-Scene supports SD1\.x \(SD15\), "
-                                         rf"SD2\.x \(SD20\) and SDXL \(SDXL/SSD1B/Segmind_Vega/"):
+                                         rf"SD2\.x \(SD20\), SDXL \(SDXL/SSD1B/Segmind_Vega/.*\) and Flux\.1 "
+                                         rf"\(Flux/FluxSchnell\) checkpoints only$"):
         run_node(bas.classes["BreakASceneTrainer"], model=_fake_model(family), clip=None, vae=None, scene=None,
                  pack_name="x", phase1_steps=1, phase2_steps=1)
 
