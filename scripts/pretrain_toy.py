@@ -249,7 +249,7 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
         noise = noise.to(device)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen)
         if high_t_share > 0:
-            # Outlines are decided in the noisy upper half of the schedule (scripts/x0_probe.py: every model keeps
+            # Outlines are decided in the noisy upper half of the schedule (research/x0_probe.py: every model keeps
             # a shape it is shown up to t~600 and makes none at t>=800): spend more of the steps there.
             n_t = scheduler.config.num_train_timesteps
             upper = torch.randint(n_t // 2, n_t, (batch,), generator=gen)

@@ -73,14 +73,14 @@ def test_cli_toy_eval_errors(tmp_path, capsys):
 
 
 def test_x0_probe_on_the_committed_model():
-    """scripts/x0_probe.py: at low noise the one-step prediction keeps the render's attributes (the judge reads
+    """research/x0_probe.py: at low noise the one-step prediction keeps the render's attributes (the judge reads
     them); every timestep asked for gets the four shares."""
     import importlib.util
     from pathlib import Path
 
     from bas_toyworld.extraction import DEFAULT_MODEL
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "x0_probe.py"
+    path = Path(__file__).resolve().parents[2] / "research" / "x0_probe.py"
     spec = importlib.util.spec_from_file_location("x0_probe", path)
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
@@ -95,14 +95,14 @@ def test_x0_probe_on_the_committed_model():
 
 
 def test_attention_share_on_the_committed_model():
-    """scripts/attention_share.py: one row per cross-attention layer at the model's attention resolutions, shares of
+    """research/attention_share.py: one row per cross-attention layer at the model's attention resolutions, shares of
     one softmax (each in [0, 1], the words and the caption's end together at most 1)."""
     import importlib.util
     from pathlib import Path
 
     from bas_toyworld.extraction import DEFAULT_MODEL
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "attention_share.py"
+    path = Path(__file__).resolve().parents[2] / "research" / "attention_share.py"
     spec = importlib.util.spec_from_file_location("attention_share", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -115,7 +115,7 @@ def test_attention_share_on_the_committed_model():
 
 
 def test_narrow_world_probe_on_the_committed_model(tmp_path):
-    """scripts/narrow_world_probe.py: the narrowed world holds only what was asked; two fine-tuning steps change the
+    """research/narrow_world_probe.py: the narrowed world holds only what was asked; two fine-tuning steps change the
     UNet (the saved one differs from the model's), the shape gap is measured at every timestep before and after, and
     the judged shares are shares."""
     import importlib.util
@@ -127,7 +127,7 @@ def test_narrow_world_probe_on_the_committed_model(tmp_path):
 
     from bas_toyworld.extraction import DEFAULT_MODEL
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "narrow_world_probe.py"
+    path = Path(__file__).resolve().parents[2] / "research" / "narrow_world_probe.py"
     spec = importlib.util.spec_from_file_location("narrow_world_probe", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -157,7 +157,7 @@ def test_narrow_world_probe_on_the_committed_model(tmp_path):
 
 
 def test_word_spread_on_the_committed_model():
-    """scripts/word_spread.py: the spread of equal vectors is 0 and their cosine 1; on the committed model every
+    """research/word_spread.py: the spread of equal vectors is 0 and their cosine 1; on the committed model every
     attribute (and the colour at the shape word) gets a spread and a cosine, and the template puts each word where
     the positions say (the tokenizer keeps every world word one token)."""
     import importlib.util
@@ -168,7 +168,7 @@ def test_word_spread_on_the_committed_model():
 
     from bas_toyworld.extraction import DEFAULT_MODEL
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "word_spread.py"
+    path = Path(__file__).resolve().parents[2] / "research" / "word_spread.py"
     spec = importlib.util.spec_from_file_location("word_spread", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

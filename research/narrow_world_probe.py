@@ -9,7 +9,7 @@ generated from held-out captions of that kind (scored as `bas toy-eval` does). S
 for the budget" (the shape comes quickly here) from "the model learns outlines slowly" (it does not). Nothing is
 written unless --save.
 
-    .venv/bin/python scripts/narrow_world_probe.py MODEL_DIR [--steps 300] [--gen 32] [--texture solid]
+    .venv/bin/python research/narrow_world_probe.py MODEL_DIR [--steps 300] [--gen 32] [--texture solid]
         [--size large] [--background white] [--save UNET_DIR]
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))     # pretrain_toy.py, a user script
 from pretrain_toy import loss_weight, other_shape  # noqa: E402
 
 from bas_toyworld.judge import detect  # noqa: E402

@@ -6,7 +6,7 @@ in one step (x0 from its epsilon or v, with the true caption), the VAE decodes i
 them from the caption where they are decided (high noise). Low-noise and cheap (one forward pass per t): a
 sharper signal for comparing pretraining runs than toy-eval's generated images.
 
-    .venv/bin/python scripts/x0_probe.py MODEL_DIR [--scenes 24] [--timesteps 200,400,600,800,900,980]
+    .venv/bin/python research/x0_probe.py MODEL_DIR [--scenes 24] [--timesteps 200,400,600,800,900,980]
 """
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 of the object, per cross-attention layer, for a toy model on noised renders of held-out one-object captions.
 
 With ~40 token positions a share of 0.025 is uniform attention; a word well above it at some layer is delivered to
-the object's pixels there (what the UNet then does with it is another question: scripts/x0_probe.py --other-shape).
+the object's pixels there (what the UNet then does with it is another question: research/x0_probe.py --other-shape).
 
-    .venv/bin/python scripts/attention_share.py MODEL_DIR [--t 567] [--scenes 24]
+    .venv/bin/python research/attention_share.py MODEL_DIR [--t 567] [--scenes 24]
 """
 from __future__ import annotations
 

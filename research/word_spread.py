@@ -8,7 +8,7 @@ same; the UNet has only this difference to draw one word's attribute rather than
 pairwise cosine. Also the colour's spread at the shape word's position: how much of what sits at the shape word
 is the colour before it (a causal encoder mixes earlier words into later positions).
 
-    .venv/bin/python scripts/word_spread.py MODEL_DIR [MODEL_DIR ...]
+    .venv/bin/python research/word_spread.py MODEL_DIR [MODEL_DIR ...]
 """
 from __future__ import annotations
 
