@@ -17,6 +17,7 @@ import time
 import torch
 
 from .config import TrainConfig
+from .tables import print_rows
 from .trainer import TrainingRun
 
 #: preset -> (builder name in bas_engine.testing, default resolution)
@@ -78,13 +79,11 @@ def _phase_figures(run: TrainingRun, phase: int, steps: int, device: torch.devic
 
 def print_matrix(rows: list[dict]) -> None:
     """The table and one JSON line."""
-    print(f"{'preset':<10}{'px':>6}{'mode':>6}{'ckpt':>6}{'p1 s/step':>11}{'p2 s/step':>11}{'p1 peak GiB':>13}"
-          f"{'p2 peak GiB':>13}")
-    for row in rows:
-        head = f"{row['preset']:<10}{row['resolution']:>6}{row['mode']:>6}{row['gradient_checkpointing']:>6}"
-        if "error" in row:
-            print(f"{head}{row['error']:>24}")
-            continue
-        print(f"{head}{row['phase1_s_per_step']:>11.3f}{row['phase2_s_per_step']:>11.3f}"
-              f"{row['phase1_peak_bytes'] / 2**30:>13.2f}{row['phase2_peak_bytes'] / 2**30:>13.2f}")
+    gib = 2 ** 30
+    label = (f"{'preset':<10}{'px':>6}{'mode':>6}{'ckpt':>6}", 28,
+             lambda r: f"{r['preset']:<10}{r['resolution']:>6}{r['mode']:>6}{r['gradient_checkpointing']:>6}")
+    print_rows(label, [("p1 s/step", 11, lambda r: f"{r['phase1_s_per_step']:.3f}"),
+                       ("p2 s/step", 11, lambda r: f"{r['phase2_s_per_step']:.3f}"),
+                       ("p1 peak GiB", 13, lambda r: f"{r['phase1_peak_bytes'] / gib:.2f}"),
+                       ("p2 peak GiB", 13, lambda r: f"{r['phase2_peak_bytes'] / gib:.2f}")], rows)
     print(json.dumps({"matrix": rows, "torch": torch.__version__}))

@@ -100,24 +100,25 @@ def _json_rows(out: subprocess.CompletedProcess, key: str, failure: dict, extra:
 
 
 def print_table(bench: list[dict], comfy: list[dict]) -> None:
+    sys.path.insert(0, REPO)
+    from bas_engine.tables import print_rows
+
     gib = 2 ** 30
     print()
-    print(f"{'what':<34}{'px':>6}{'phase 1 s/step':>16}{'phase 2 s/step':>16}{'phase 1 GiB':>13}{'phase 2 GiB':>13}")
-    for row in bench:
-        what = f"bench {row.get('preset')} {row.get('mode', '')} ckpt {row.get('gradient_checkpointing', '')}"
-        if "error" in row:
-            print(f"{what:<34}{row.get('resolution', ''):>6}  {row['error']}")
-            continue
-        print(f"{what:<34}{row['resolution']:>6}{row['phase1_s_per_step']:>16.3f}{row['phase2_s_per_step']:>16.3f}"
-              f"{row['phase1_peak_bytes'] / gib:>13.2f}{row['phase2_peak_bytes'] / gib:>13.2f}")
-    print(f"{'what':<34}{'px':>6}{'node seconds':>16}{'footprint GiB':>16}{'peak above GiB':>16}{'x footprint':>13}")
-    for row in comfy:
-        what = f"node {row.get('model')} {row.get('path', '')}"
-        if "error" in row:
-            print(f"{what:<34}{row.get('resolution', ''):>6}  {row['error']}")
-            continue
-        print(f"{what:<34}{row['resolution']:>6}{row['seconds']:>16.1f}{row['footprint_bytes'] / gib:>16.2f}"
-              f"{row['peak_above_bytes'] / gib:>16.2f}{row['peak_above_bytes'] / row['footprint_bytes']:>13.2f}")
+    title = f"{'what':<34}{'px':>6}"
+    bench_label = (title, 40, lambda r: f"bench {r.get('preset')} {r.get('mode', '')} ckpt "
+                                        f"{r.get('gradient_checkpointing', '')}".ljust(34) + f"{r.get('resolution', ''):>6}")
+    print_rows(bench_label, [("phase 1 s/step", 16, lambda r: f"{r['phase1_s_per_step']:.3f}"),
+                             ("phase 2 s/step", 16, lambda r: f"{r['phase2_s_per_step']:.3f}"),
+                             ("phase 1 GiB", 13, lambda r: f"{r['phase1_peak_bytes'] / gib:.2f}"),
+                             ("phase 2 GiB", 13, lambda r: f"{r['phase2_peak_bytes'] / gib:.2f}")], bench)
+    node_label = (title, 40, lambda r: f"node {r.get('model')} {r.get('path', '')}".ljust(34)
+                  + f"{r.get('resolution', ''):>6}")
+    print_rows(node_label, [("node seconds", 16, lambda r: f"{r['seconds']:.1f}"),
+                            ("footprint GiB", 16, lambda r: f"{r['footprint_bytes'] / gib:.2f}"),
+                            ("peak above GiB", 16, lambda r: f"{r['peak_above_bytes'] / gib:.2f}"),
+                            ("x footprint", 13, lambda r: f"{r['peak_above_bytes'] / r['footprint_bytes']:.2f}")],
+               comfy)
 
 
 if __name__ == "__main__":
