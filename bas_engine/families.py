@@ -82,6 +82,9 @@ class Family:
     full_finetune: bool = True
     #: the engine's own diffusers path (``bas extract``, the Python API) can load and train it; False: ComfyUI only
     diffusers_path: bool = True
+    #: the denoiser takes a distilled guidance value beside the text (Flux dev; ComfyUI's FluxGuidance sets it):
+    #: training gives it TrainConfig.guidance, the Concept Prompt Encoder the user's value
+    guidance_input: bool = False
 
     @property
     def encoder_names(self) -> tuple[str, ...]:
@@ -153,6 +156,8 @@ FLUX = Family(
     attention_blocks=("double",),
     # 12B parameters: a full fine-tune needs ~200 GB for weights, gradients and Adam's state
     full_finetune=False, diffusers_path=False,
+    # dev's guidance distillation (schnell's transformer has no guidance input and ignores the value)
+    guidance_input=True,
     text_encoders=(
         TextEncoderSpec(
             name="t5xxl", width=4096, checkpoint_prefix="text_encoders.t5xxl.transformer.", checkpoint_layout="t5",

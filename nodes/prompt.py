@@ -25,7 +25,7 @@ def rewrite_prompt(text: str, concepts: Concepts) -> str:
         raise user_error("text", exc) from exc
 
 
-def encode(clip, concepts: Concepts, text: str):
+def encode(clip, concepts: Concepts, text: str, guidance: float | None = None):
     if not isinstance(concepts, Concepts):
         raise UserError(f"concepts: expected BAS_CONCEPTS, got {type(concepts).__name__}")
     encoders = clip_encoders(clip)
@@ -39,16 +39,33 @@ def encode(clip, concepts: Concepts, text: str):
     if not has_handles(clip, concepts):
         clip = clip.clone()
         install_handles(clip, concepts)
-    return clip.encode_from_tokens_scheduled(clip.tokenize(rewritten), add_dict=size_conditioning(family))
+    return clip.encode_from_tokens_scheduled(clip.tokenize(rewritten),
+                                             add_dict=family_conditioning(family, guidance))
 
 
-def size_conditioning(family) -> dict:
-    """SDXL's size conditioning as ComfyUI's CLIPTextEncodeSDXL sets it by default: original and target size at
-    the family's native resolution (1024), no crop. Empty for families without it."""
-    if family is None or family.pooled_encoder is None:
+def family_conditioning(family, guidance: float | None = None) -> dict:
+    """What a family's denoiser reads beside the text, as ComfyUI's own encoders set it by default.
+
+    SDXL: the size conditioning of CLIPTextEncodeSDXL (original and target size at the native 1024, no crop).
+    Flux dev: the distilled guidance, as CLIPTextEncodeFlux / FluxGuidance put it on the conditioning (None:
+    TrainConfig's default, the value the pack was trained with). Empty for families with neither.
+    """
+    if family is None:
         return {}
-    side = family.native_resolution
-    return {"width": side, "height": side, "crop_w": 0, "crop_h": 0, "target_width": side, "target_height": side}
+    extra = {}
+    if family.addition_embed_type == "text_time":
+        side = family.native_resolution
+        extra.update(width=side, height=side, crop_w=0, crop_h=0, target_width=side, target_height=side)
+    if family.guidance_input:
+        extra["guidance"] = float(default_guidance() if guidance is None else guidance)
+    return extra
+
+
+def default_guidance() -> float:
+    """TrainConfig's guidance (the one source of the default, for training and for prompts)."""
+    from ..bas_engine.config import setting_info
+
+    return setting_info("guidance")["default"]
 
 
 class ConceptPromptEncoder(io.ComfyNode):
@@ -69,11 +86,15 @@ class ConceptPromptEncoder(io.ComfyNode):
                 io.String.Input("text", multiline=True, default="a photo of <asset0>",
                                 tooltip="The prompt. <asset0> or <concept name> stands for a concept; an unknown "
                                         "<...> is an error listing the pack's handles."),
+                io.Float.Input("guidance", default=default_guidance(), min=0.0, max=100.0, step=0.1,
+                               tooltip="Flux dev only: the distilled guidance put on the conditioning, as "
+                                       "CLIPTextEncodeFlux / FluxGuidance do (the pack was trained at the default). "
+                                       "SD1.x / SD2.x / SDXL and Flux schnell ignore it."),
             ],
             outputs=[io.Conditioning.Output(display_name="conditioning",
                                             tooltip="The conditioning for a sampler's positive input.")],
         )
 
     @classmethod
-    def execute(cls, clip, concepts, text: str = "") -> io.NodeOutput:
-        return io.NodeOutput(encode(clip, concepts, text))
+    def execute(cls, clip, concepts, text: str = "", guidance: float | None = None) -> io.NodeOutput:
+        return io.NodeOutput(encode(clip, concepts, text, guidance))

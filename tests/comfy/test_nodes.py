@@ -29,7 +29,7 @@ SPEC_INPUTS = {
                     "union_sampling", "resolution", "seed", "retrain"],
     "ConceptPackLoader": ["pack_name"],
     "HandleInjector": ["model", "clip", "concepts", "strength_model", "strength_clip"],
-    "ConceptPromptEncoder": ["clip", "concepts", "text"],
+    "ConceptPromptEncoder": ["clip", "concepts", "text", "guidance"],
     "ConceptPackExport": ["concepts", "name"],
 }
 SPEC_OUTPUTS = {

@@ -270,8 +270,10 @@ def test_injector_and_encoder_match_engine(bas, run_node, sd15, synthetic, mode)
                            strength_model=1.0, strength_clip=1.0).args
     assert model is not sd15.model and clip is not sd15.clip
     assert clip.tokenizer is not sd15.clip.tokenizer and not sd15.model.patches and not sd15.clip.patcher.patches
-    cond = _cond(run_node(bas.classes["ConceptPromptEncoder"], clip=clip, concepts=concepts,
-                          text=PROMPT).args[0])
+    conditioning = run_node(bas.classes["ConceptPromptEncoder"], clip=clip, concepts=concepts, text=PROMPT,
+                            guidance=2.0).args[0]
+    assert "guidance" not in conditioning[0][1], "SD1.x has no guidance input: the value is not put on it"
+    cond = _cond(conditioning)
     engine_prompt = pack.rewrite_prompt(PROMPT)
     torch.testing.assert_close(cond, _engine_text(components, engine_prompt), rtol=TE_TOL, atol=TE_TOL)
 
