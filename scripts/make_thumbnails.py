@@ -30,7 +30,8 @@ SIZE = 512
 #: the node each thumbnail is centred on (what the workflow is about)
 FOCUS = {"extract_and_generate": "BreakASceneTrainer", "reuse_saved_pack": "HandleInjector",
          "controlnet": "ControlNetApplyAdvanced", "local_edit": "SetLatentNoiseMask",
-         "stock_nodes_only": "LoraLoader", "sdxl_extract_and_generate": "BreakASceneTrainer"}
+         "stock_nodes_only": "LoraLoader", "sdxl_extract_and_generate": "BreakASceneTrainer",
+         "flux_extract_and_generate": "BreakASceneTrainer"}
 CHECKPOINT = "bas_fixture_sd15.safetensors"
 
 

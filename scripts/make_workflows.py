@@ -55,7 +55,8 @@ NODE_SPECS: dict[str, tuple[list[tuple[str, str, bool]], list[tuple[str, str]]]]
          ("strength_model", "FLOAT", False), ("strength_clip", "FLOAT", False)],
         [("model", "MODEL"), ("clip", "CLIP")]),
     "ConceptPromptEncoder": (
-        [("clip", "CLIP", False), ("concepts", "BAS_CONCEPTS", False), ("text", "STRING", False)],
+        [("clip", "CLIP", False), ("concepts", "BAS_CONCEPTS", False), ("text", "STRING", False),
+         ("guidance", "FLOAT", False)],
         [("conditioning", "CONDITIONING")]),
     "ConceptPackExport": (
         [("concepts", "BAS_CONCEPTS", False), ("name", "STRING", False)],
@@ -92,6 +93,14 @@ NODE_SPECS: dict[str, tuple[list[tuple[str, str, bool]], list[tuple[str, str]]]]
         [("positive", "CONDITIONING"), ("negative", "CONDITIONING")]),
     "Canny": ([("image", "IMAGE", False), ("low_threshold", "FLOAT", False), ("high_threshold", "FLOAT", False)],
               [("IMAGE", "IMAGE")]),
+    "UNETLoader": ([("unet_name", "COMBO", False), ("weight_dtype", "COMBO", False)], [("MODEL", "MODEL")]),
+    "DualCLIPLoader": (
+        [("clip_name1", "COMBO", False), ("clip_name2", "COMBO", False), ("type", "COMBO", False),
+         ("device", "COMBO", True)],
+        [("CLIP", "CLIP")]),
+    "VAELoader": ([("vae_name", "COMBO", False)], [("VAE", "VAE")]),
+    "EmptySD3LatentImage": ([("width", "INT", False), ("height", "INT", False), ("batch_size", "INT", False)],
+                            [("LATENT", "LATENT")]),
     "LoraLoader": (
         [("model", "MODEL", False), ("clip", "CLIP", False), ("lora_name", "COMBO", False),
          ("strength_model", "FLOAT", False), ("strength_clip", "FLOAT", False)],
@@ -307,6 +316,8 @@ NEGATIVE = "blurry, low quality, deformed, watermark, text"
 NAMES = "figurine, bowl, stone"
 PACK = "creature"
 SAMPLER = dict(steps=30, cfg=7.5, sampler_name="dpmpp_2m", scheduler="karras")
+#: the Concept Prompt Encoder's guidance (read by Flux dev only): TrainConfig's, the value packs train with
+GUIDANCE = TrainConfig().guidance
 
 #: the trainer's settings: TrainConfig's defaults, the paper's at 512 px (an optional float, None = auto, is the
 #: node's 0); read from the engine, never copied
@@ -322,23 +333,33 @@ Packs live in models/break_a_scene/ (one .safetensors per scene: handles + LoRA 
 
 
 def _generate_tail(wf: Workflow, model: Ref, clip: Ref, concepts: Ref, text: str, *, col: int,
-                   prefix: str, size: int = 512) -> None:
+                   prefix: str, size: int = 512, negative: str = NEGATIVE, latent_node: str = "EmptyLatentImage",
+                   sampler_settings: dict | None = None) -> None:
     """Handle prompt + negative + empty latent -> KSampler -> VAEDecode -> SaveImage (needs wf.vae)."""
     pos = wf.add("ConceptPromptEncoder", title="Prompt with handles (positive)", col=col, clip=clip,
-                 concepts=concepts, text=text)
-    neg = wf.add("CLIPTextEncode", title="Negative prompt", col=col, clip=clip, text=NEGATIVE)
-    latent = wf.add("EmptyLatentImage", col=col, width=size, height=size, batch_size=1)
+                 concepts=concepts, text=text, guidance=GUIDANCE)
+    neg = wf.add("CLIPTextEncode", title="Negative prompt" if negative else "Negative (unused at cfg 1)", col=col,
+                 clip=clip, text=negative)
+    latent = wf.add(latent_node, col=col, width=size, height=size, batch_size=1)
     sampler = wf.add("KSampler", col=col + 1, seed_control="randomize", model=model, positive=pos[0],
-                     negative=neg[0], latent_image=latent[0], seed=42, denoise=1.0, **SAMPLER)
+                     negative=neg[0], latent_image=latent[0], seed=42, denoise=1.0, **(sampler_settings or SAMPLER))
     image = wf.add("VAEDecode", col=col + 1, samples=sampler[0], vae=wf.vae)
     wf.add("SaveImage", col=col + 2, images=image[0], filename_prefix=prefix, node_width=420)
 
 
-def _extract_graph(wf: Workflow, ckpt_title: str, ckpt_name: str, trainer_title: str, pack: str, settings: dict,
+def _checkpoint(title: str, name: str):
+    """A loader for _extract_graph: Load Checkpoint (MODEL, CLIP, VAE in one file)."""
+    def load(wf: Workflow) -> tuple[Ref, Ref, Ref]:
+        ckpt = wf.add("CheckpointLoaderSimple", title=title, col=2, ckpt_name=name)
+        return ckpt[0], ckpt[1], ckpt[2]
+    return load
+
+
+def _extract_graph(wf: Workflow, load, trainer_title: str, pack: str, settings: dict,
                    export_title: str) -> tuple[Ref, Ref]:
     """The extraction half of the extract-and-generate workflows: the creature scene and its three masks ->
-    Masked Concept Loader -> checkpoint -> Trainer (with previews and the export) -> Handle Injector.
-    Returns (trainer, injector); sets wf.vae."""
+    Masked Concept Loader -> the model (``load(wf)`` adds its loader nodes, returns MODEL, CLIP, VAE) -> Trainer
+    (with previews and the export) -> Handle Injector. Returns (trainer, injector); sets wf.vae."""
     image = wf.add("LoadImage", title="Scene image", col=0, image="creature.jpg")
     masks = [wf.add("LoadImageMask", title=f"Mask {i}: {name}", col=1, image=f"creature_mask{i}.png",
                     channel="red")
@@ -347,13 +368,13 @@ def _extract_graph(wf: Workflow, ckpt_title: str, ckpt_name: str, trainer_title:
                    concept_names=NAMES, initializers=NAMES,
                    **{f"mask_{i}": m[0] for i, m in enumerate(masks)})
     wf.add("PreviewImage", title="Masks over the image", col=2, images=scene[1])
-    ckpt = wf.add("CheckpointLoaderSimple", title=ckpt_title, col=2, ckpt_name=ckpt_name)
-    wf.vae = ckpt[2]
-    trainer = wf.add("BreakASceneTrainer", title=trainer_title, col=3, model=ckpt[0], clip=ckpt[1], vae=ckpt[2],
+    model, clip, vae = load(wf)
+    wf.vae = vae
+    trainer = wf.add("BreakASceneTrainer", title=trainer_title, col=3, model=model, clip=clip, vae=vae,
                      scene=scene[0], pack_name=pack, **settings)
     wf.add("PreviewImage", title="Training preview (attention maps)", col=3, images=trainer[1])
     wf.add("ConceptPackExport", title=export_title, col=3, concepts=trainer[0], name="")
-    inject = wf.add("HandleInjector", col=4, model=ckpt[0], clip=ckpt[1], concepts=trainer[0],
+    inject = wf.add("HandleInjector", col=4, model=model, clip=clip, concepts=trainer[0],
                     strength_model=1.0, strength_clip=1.0)
     return trainer, inject
 
@@ -374,7 +395,7 @@ def extract_and_generate() -> Workflow:
 
 Model: the paper used Stable Diffusion 2.1-base (v2-1_512-ema-pruned.safetensors); any SD1.x / SD2.x checkpoint
 works. Train on a GPU: on a CPU the 800 steps at 512 px take hours.""" + COMMON_NOTE, height=520)
-    trainer, inject = _extract_graph(wf, "Base model (SD 2.1-base, as in the paper)", SD21,
+    trainer, inject = _extract_graph(wf, _checkpoint("Base model (SD 2.1-base, as in the paper)", SD21),
                                      "Break-A-Scene Trainer (paper settings)", PACK, TRAINER_DEFAULTS,
                                      "Export LoRA + embeddings (for stock nodes)")
     _generate_tail(wf, inject[0], inject[1], trainer[0],
@@ -403,7 +424,8 @@ of the latent resolution (32 x 32). The LoRA training step of full SDXL at 1024 
 and gradient checkpointing (docs/SDXL.md has the measured peak). Export Concept Pack writes a kohya SDXL LoRA
 (lora_unet_ / lora_te1_ / lora_te2_) and one embedding per concept with clip_l and clip_g vectors, for
 LoraLoader and embedding:<pack>_<concept> in stock nodes.""" + COMMON_NOTE, height=470)
-    trainer, inject = _extract_graph(wf, "Base model (SDXL 1.0 base)", SDXL, "Break-A-Scene Trainer (SDXL, 1024 px)",
+    trainer, inject = _extract_graph(wf, _checkpoint("Base model (SDXL 1.0 base)", SDXL),
+                                     "Break-A-Scene Trainer (SDXL, 1024 px)",
                                      SDXL_PACK, SDXL_TRAINER, "Export SDXL LoRA + embeddings (for stock nodes)")
     _generate_tail(wf, inject[0], inject[1], trainer[0],
                    "an oil painting of <bowl> next to <figurine>, on a wooden table", col=4,
@@ -411,10 +433,61 @@ LoraLoader and embedding:<pack>_<concept> in stock nodes.""" + COMMON_NOTE, heig
     return wf
 
 
+FLUX_UNET = "flux1-dev.safetensors"
+FLUX_CLIP_L = "clip_l.safetensors"
+FLUX_T5 = "t5xxl_fp16.safetensors"
+FLUX_VAE = "ae.safetensors"
+FLUX_PACK = "creature_flux"
+#: the recipe at Flux's native 1024 px (LoRA; a full fine-tune is refused on Flux)
+FLUX_TRAINER = dict(TRAINER_DEFAULTS, resolution=1024)
+#: how ComfyUI's own Flux dev examples sample: no CFG (the guidance is distilled into the model), euler, simple
+FLUX_SAMPLER = dict(steps=20, cfg=1.0, sampler_name="euler", scheduler="simple")
+
+
+def _flux_loaders(wf: Workflow) -> tuple[Ref, Ref, Ref]:
+    """A loader for _extract_graph: Load Diffusion Model + DualCLIPLoader (clip_l + t5xxl, type flux) + Load VAE."""
+    unet = wf.add("UNETLoader", title="Flux.1 dev transformer (models/diffusion_models)", col=2,
+                  unet_name=FLUX_UNET, weight_dtype="default")
+    clip = wf.add("DualCLIPLoader", title="Text encoders: CLIP-L + T5-XXL (models/text_encoders)", col=2,
+                  clip_name1=FLUX_CLIP_L, clip_name2=FLUX_T5, type="flux", device="default")
+    vae = wf.add("VAELoader", title="Flux VAE (models/vae)", col=2, vae_name=FLUX_VAE)
+    return unet[0], clip[0], vae[0]
+
+
+def flux_extract_and_generate() -> Workflow:
+    wf = Workflow("flux_extract_and_generate")
+    wf.note("""Break-A-Scene on Flux.1: extract several concepts from ONE image at 1024 px, then prompt with them.
+
+The same graph as extract_and_generate, on Flux.1 dev (or schnell, or a fine-tune) loaded the usual way: Load
+Diffusion Model + DualCLIPLoader (clip_l + t5xxl, type flux) + Load VAE. Every handle gets one vector in T5's
+embedding table (the tokens the transformer reads) and one in CLIP-L's (its pooled vector); the rest of both
+tables stays frozen.
+
+Training, in place on the loaded model: flow matching on the model's own shifted sigmas with the guidance input
+at 3.5; the masked loss on the 2x2-patch grid; the attention loss on the joint attention of the double-stream
+blocks (image queries -> handle token). Phase 2 is LoRA on the transformer's attention and MLP projections
+(mode "full" is refused: 12B parameters). The Concept Prompt Encoder's guidance is FluxGuidance's; sample at
+cfg 1 (the negative prompt is then unused).
+
+Memory on paper (docs/FLUX.md, scripts/flux_memory.py): ~34 GB at 1024 px with bf16 weights and gradient
+checkpointing (a 40-48 GB GPU); weight_dtype fp8_e4m3fn brings it to ~19 GB, which fits 24 GB, but training
+through fp8 weights is not tested yet. Export Concept Pack writes a Flux LoRA (kohya names, for LoraLoader) and
+one embedding per concept (t5xxl + clip_l vectors) for embedding:<pack>_<concept>.""" + COMMON_NOTE, height=540)
+    trainer, inject = _extract_graph(wf, _flux_loaders, "Break-A-Scene Trainer (Flux, 1024 px)", FLUX_PACK,
+                                     FLUX_TRAINER, "Export Flux LoRA + embeddings (for stock nodes)")
+    _generate_tail(wf, inject[0], inject[1], trainer[0],
+                   "an oil painting of <bowl> next to <figurine>, on a wooden table", col=4,
+                   prefix="break_a_scene/creature_flux", size=1024, negative="",
+                   latent_node="EmptySD3LatentImage", sampler_settings=FLUX_SAMPLER)
+    return wf
+
+
 def trainer_inputs(workflow: str) -> dict:
     """The Trainer's widget values in an example workflow (pack name included)."""
     if workflow == "sdxl_extract_and_generate":
         return dict(SDXL_TRAINER, pack_name=SDXL_PACK)
+    if workflow == "flux_extract_and_generate":
+        return dict(FLUX_TRAINER, pack_name=FLUX_PACK)
     return dict(TRAINER_DEFAULTS, pack_name=PACK)
 
 
@@ -458,7 +531,8 @@ Lower the ControlNet strength (0.5-0.8) to give the concepts more room.""" + COM
     inject = wf.add("HandleInjector", col=2, model=ckpt[0], clip=ckpt[1], concepts=pack[0],
                     strength_model=1.0, strength_clip=1.0)
     pos = wf.add("ConceptPromptEncoder", title="Prompt with handles (positive)", col=2, clip=inject[1],
-                 concepts=pack[0], text="a watercolor painting of <figurine> and <stone> in a forest")
+                 concepts=pack[0], text="a watercolor painting of <figurine> and <stone> in a forest",
+                 guidance=GUIDANCE)
     neg = wf.add("CLIPTextEncode", title="Negative prompt", col=2, clip=inject[1], text=NEGATIVE)
     apply = wf.add("ControlNetApplyAdvanced", col=3, positive=pos[0], negative=neg[0], control_net=cnet[0],
                    image=edges[0], strength=0.8, start_percent=0.0, end_percent=1.0)
@@ -490,7 +564,7 @@ Raise denoise towards 1.0 for a bigger change, grow the mask for a softer seam."
     inject = wf.add("HandleInjector", col=2, model=ckpt[0], clip=ckpt[1], concepts=pack[0],
                     strength_model=1.0, strength_clip=1.0)
     pos = wf.add("ConceptPromptEncoder", title="What goes into the region (positive)", col=2, clip=inject[1],
-                 concepts=pack[0], text="a photo of <stone>")
+                 concepts=pack[0], text="a photo of <stone>", guidance=GUIDANCE)
     neg = wf.add("CLIPTextEncode", title="Negative prompt", col=2, clip=inject[1], text=NEGATIVE)
     encoded = wf.add("VAEEncode", col=3, pixels=target[0], vae=ckpt[2])
     masked = wf.add("SetLatentNoiseMask", col=3, samples=encoded[0], mask=grown[0])
@@ -531,7 +605,7 @@ normal CLIP Text Encode. Use the checkpoint the pack was trained on.""", height=
 
 
 WORKFLOWS = {f.__name__: f for f in (extract_and_generate, reuse_saved_pack, controlnet, local_edit,
-                                      stock_nodes_only, sdxl_extract_and_generate)}
+                                      stock_nodes_only, sdxl_extract_and_generate, flux_extract_and_generate)}
 
 
 def build_all() -> dict[str, dict]:

@@ -488,7 +488,11 @@ class ComfyServer:
 
     def __init__(self, comfy_path: str, *, python: str | None = None, base_dir: str | None = None,
                  checkpoints: dict[str, str] | None = None, controlnets: dict[str, str] | None = None,
+                 models: dict[str, dict[str, str]] | None = None, custom_nodes: dict[str, str] | None = None,
                  extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None):
+        """checkpoints / controlnets / models ({folder: {name: file}}, e.g. "diffusion_models", "text_encoders",
+        "vae"): files linked into the server's models/ folders; custom_nodes ({name: folder}): test-only node
+        packages linked beside this pack."""
         self.comfy_path = os.path.abspath(comfy_path)
         # The tests run with ComfyUI's interpreter (tests/comfy/conftest.py checks it imports ComfyUI): the server
         # uses the same one unless COMFYUI_PYTHON names another.
@@ -509,7 +513,13 @@ class ComfyServer:
         link = os.path.join(self.base, "custom_nodes", PACK_FOLDER)
         if not os.path.lexists(link):
             os.symlink(PACK_DIR, link)
-        for folder, files in (("checkpoints", checkpoints or {}), ("controlnet", controlnets or {})):
+        for name, target in (custom_nodes or {}).items():
+            path = os.path.join(self.base, "custom_nodes", name)
+            if not os.path.lexists(path):
+                os.symlink(os.path.abspath(target), path)
+        folders = {"checkpoints": checkpoints or {}, "controlnet": controlnets or {}, **(models or {})}
+        for folder, files in folders.items():
+            os.makedirs(os.path.join(self.base, "models", folder), exist_ok=True)
             for name, target in files.items():
                 path = os.path.join(self.base, "models", folder, name)
                 if not os.path.lexists(path):
