@@ -108,6 +108,22 @@ def save_flux_files(folder: str, seed: int = 0, **shape) -> dict[str, str]:
     return paths
 
 
+def save_flux_checkpoint(path: str, seed: int = 0, **shape) -> str:
+    """An all-in-one Flux file as Load Checkpoint reads it: the transformer under ``model.diffusion_model.`` and the
+    VAE under ``vae.`` (the same weights as ``save_flux_files``). No text encoders: a checkpoint's T5 is always
+    built at T5-XXL's size (``supported_models.Flux.clip_target``), too large for the CPU tests, and with no
+    ``text_encoders.`` keys ComfyUI gives no CLIP, as for the many Flux checkpoints shipped without one."""
+    from safetensors.torch import save_file
+
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        state = {f"model.diffusion_model.{k}": v.contiguous() for k, v in flux_transformer_state(seed, **shape).items()}
+        state.update({f"vae.{k}": v.contiguous() for k, v in flux_vae_state(seed).items()})
+        save_file(state, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    return path
+
+
 def load_flux(paths: dict[str, str]):
     """(MODEL, CLIP, VAE) through ComfyUI's own loaders, as Load Diffusion Model + DualCLIPLoader (type flux, with
     the small configs) + Load VAE load them, under inference mode as nodes run."""

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 import comfy.model_management as mm  # noqa: E402
 
 from comfy_fixtures import CACHE  # noqa: E402
-from flux_models import CLIP_L_CONFIG, load_flux, save_flux_files  # noqa: E402
+from flux_models import CLIP_L_CONFIG, load_flux, save_flux_checkpoint, save_flux_files  # noqa: E402
 from helpers import scene_inputs  # noqa: E402
 
 TRAIN = dict(pack_name="flux_inplace", phase1_steps=2, phase2_steps=2, phase1_lr=5e-4, phase2_lr=0.0, mode="lora",
@@ -205,6 +205,51 @@ def test_flux_pack_samples_through_the_nodes_and_through_stock_nodes(bas, run_no
         plain = comfy_nodes.CLIPTextEncode().encode(stock_clip, "a photo of cat and bowl")[0]
     assert not torch.equal(_flux_sample(flux.model, stock_positive), stock), "the LoRA changed nothing"
     assert not torch.equal(_flux_sample(stock_model, plain), stock), "the handles changed nothing"
+
+
+def test_flux_prompt_encoder_sets_the_guidance(bas, run_node, flux, trained):
+    """The Concept Prompt Encoder puts its guidance on Flux's conditioning as CLIPTextEncodeFlux does (default:
+    TrainConfig's, the value training used), and the sampler reads it."""
+    concepts = trained[0]
+
+    def encode(**guidance):
+        return run_node(bas.classes["ConceptPromptEncoder"], clip=flux.clip, concepts=concepts,
+                        text="a photo of <asset0>", **guidance).args[0]
+
+    default = encode()
+    assert default[0][1]["guidance"] == bas.module("bas_engine.config").TrainConfig().guidance == 3.5
+    low = encode(guidance=1.0)
+    assert low[0][1]["guidance"] == 1.0
+    torch.testing.assert_close(low[0][0], default[0][0], rtol=0, atol=0)       # the text is the same
+    assert not torch.equal(_flux_sample(flux.model, low), _flux_sample(flux.model, default)), \
+        "the transformer's guidance input ignored the value"
+
+
+def test_flux_all_in_one_checkpoint_trains_in_place(bas, run_node, flux, scene):
+    """A Flux checkpoint through Load Checkpoint (transformer + VAE in one file, prefixes as ComfyUI saves them):
+    detected as Flux, trained in place with the CLIP a DualCLIPLoader gives, the MODEL that flowed in unchanged."""
+    import folder_paths
+    import nodes as comfy_nodes
+
+    path = save_flux_checkpoint(os.path.join(CACHE, "flux-v1", "tiny_flux_checkpoint.safetensors"))
+    folder_paths.add_model_folder_path("checkpoints", os.path.dirname(path))
+    with torch.inference_mode():
+        model, clip, vae = comfy_nodes.CheckpointLoaderSimple().load_checkpoint(os.path.basename(path))
+    assert clip is None, "the checkpoint holds no text encoder"
+    assert type(model.model.model_config).__name__ == "Flux"
+    with pytest.raises(ValueError, match=r"^clip: "):
+        run_node(bas.classes["BreakASceneTrainer"], model=model, clip=clip, vae=vae, scene=scene,
+                 **{**TRAIN, "pack_name": "flux_checkpoint"})
+    before = {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
+    concepts = run_node(bas.classes["BreakASceneTrainer"], model=model, clip=flux.clip, vae=vae, scene=scene,
+                        **{**TRAIN, "pack_name": "flux_checkpoint", "phase1_steps": 1, "phase2_steps": 1}).args[0]
+    pack = concepts.pack
+    assert pack.family == "flux" and any(k.startswith("unet.double_blocks.0.") for k in pack.lora)
+    for key, value in model.model.diffusion_model.state_dict().items():
+        assert torch.equal(value, before[key]), f"{key} changed in the MODEL that flowed in"
+    del model, vae
+    mm.unload_all_models()
+    gc.collect()
 
 
 # -- bad input --------------------------------------------------------------------------------------------------
