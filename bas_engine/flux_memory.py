@@ -42,6 +42,25 @@ class FluxShape:
         guidance = 256 * h + h + h * h + h
         return self.double_blocks * double + self.single_blocks * single + embedders + final + guidance
 
+    def _target_blocks(self) -> tuple[int, int]:
+        """Weights of the linears phase 2 adapts in one (double, single) block."""
+        h, m = self.hidden, self.mlp_ratio
+        double = 2 * (3 * h * h + h * h + m * h * h + m * h * h)       # both streams' qkv, proj, mlp.0, mlp.2
+        single = (3 + m) * h * h + (1 + m) * h * h                     # linear1, linear2
+        return double, single
+
+    def target_parameters(self, checkpointing: bool) -> int:
+        """Weights of the adapted linears that phase 2 holds a patched copy of at once: all of them, or with
+        gradient checkpointing the largest block's (each block's copies are recomputed in its backward)."""
+        double, single = self._target_blocks()
+        if checkpointing:
+            return max(double if self.double_blocks else 0, single if self.single_blocks else 0)
+        return self.double_blocks * double + self.single_blocks * single
+
+    def largest_target(self) -> int:
+        """Weights of the largest adapted linear (a single block's linear1, else a double block's mlp.0)."""
+        return (3 + self.mlp_ratio if self.single_blocks else self.mlp_ratio) * self.hidden * self.hidden
+
     def lora_parameters(self, rank: int) -> int:
         """LoRA on both streams' qkv, proj and MLP linears and the single blocks' two linears."""
         h, m = self.hidden, self.mlp_ratio
@@ -56,7 +75,12 @@ FLUX_DEV = FluxShape()
 def training_memory(shape: FluxShape, resolution: int, rank: int, checkpointing: bool, weight_bytes: float,
                     text_encoder_bytes: float, compute_bytes: int = 2, text_tokens: int = 256, batch: int = 1
                     ) -> dict[str, float]:
-    """The parts of one phase-2 run's memory in GiB (phase 1 is the same without the LoRA part)."""
+    """The parts of one phase-2 run's memory in GiB (phase 1 is the same without the LoRA parts).
+
+    "patched weights": ComfyUI's weight wrappers (how the in-place path trains, as ComfyUI's own trainer does)
+    compute each adapted layer with ``W + up @ down`` in the compute dtype, and autograd keeps that tensor for the
+    backward pass, so without checkpointing phase 2 holds a second copy of every adapted weight (most of Flux), and
+    the layer being computed briefly holds two fp32 tensors of its weight's size."""
     latent = resolution // 8
     image_tokens = (latent // 2) ** 2
     lora = shape.lora_parameters(rank) * 4 * 4                  # fp32 weights, gradients, Adam's m and v
@@ -66,6 +90,8 @@ def training_memory(shape: FluxShape, resolution: int, rank: int, checkpointing:
         "transformer": shape.transformer_parameters() * weight_bytes,
         "text encoders": (shape.t5_parameters + shape.clip_l_parameters) * text_encoder_bytes,
         "LoRA + Adam": lora,
+        # + the one layer being computed: its fp32 up @ down and W + up @ down before the cast back
+        "patched weights": shape.target_parameters(checkpointing) * compute_bytes + 2 * 4 * shape.largest_target(),
         "activations": activations,
     }
     parts = {name: value / GIB for name, value in parts.items()}

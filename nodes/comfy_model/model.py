@@ -127,10 +127,12 @@ class ComfyModel(ModelAdapter):
         self.on_release(stage.reset_clip_options)
 
         element = torch.finfo(dtype).bits // 8
+        phase2 = TrainableWeights.phase2_bytes(self.parts.trainable_layers(), self.parts.lora_targets, config.mode,
+                                               config.lora_rank, self.parts.checkpoint_modules(), element)
 
         def needed(height: int, width: int, checkpointing: bool) -> int:
             latent = (height // self.vae_scale, width // self.vae_scale)
-            return self.parts.activation_bytes(latent, config.batch_size, checkpointing, element)
+            return self.parts.activation_bytes(latent, config.batch_size, checkpointing, element) + phase2[checkpointing]
 
         checkpointing = plan_checkpointing(needed, image_size, config.gradient_checkpointing, device,
                                            free_bytes=self._free_bytes_for_training(device))

@@ -97,6 +97,29 @@ class TrainableWeights:
                     layers[name] = (path, module)
         return layers
 
+    # -- memory ---------------------------------------------------------------------------------------------------
+    @staticmethod
+    def phase2_bytes(layers: dict, targets, mode: str, rank: int, blocks: list[torch.nn.Module], element: int
+                     ) -> dict[bool, int]:
+        """What phase 2 adds, by gradient checkpointing off / on: the trained parameters with their gradients and
+        Adam's two moments (fp32, 16 bytes each) and the ``W + change`` copies that autograd keeps for the backward
+        pass (a wrapper makes one per adapted weight, in the compute dtype, ``element`` bytes): all of them without
+        checkpointing; with it those outside the checkpointed ``blocks`` and the largest block's. And the layer
+        being computed: ``up @ down`` (or the delta) and ``W + change`` in fp32 before the cast back."""
+        if mode == "lora":
+            chosen = [m for path, (_, m) in layers.items() if targets.match(path) and isinstance(m, torch.nn.Linear)]
+            trained = sum(rank * (m.in_features + m.out_features) for m in chosen)
+        else:
+            chosen = [m for _, m in layers.values()]
+            trained = sum(t.numel() for m in chosen for t in (m.weight, getattr(m, "bias", None)) if t is not None)
+        copies = {id(m): m.weight.numel() * element for m in chosen}
+        per_block = [sum(copies.get(id(m), 0) for m in block.modules()) for block in blocks]
+        total = sum(copies.values())
+        outside = total - sum(per_block)
+        transient = 2 * 4 * max((m.weight.numel() for m in chosen), default=0)
+        return {False: trained * 16 + total + transient,
+                True: trained * 16 + outside + max(per_block, default=0) + transient}
+
     # -- attaching --------------------------------------------------------------------------------------------------
     def add_lora(self, patcher, prefix: str, layers: dict, targets, rank: int, alpha: float,
                  generator: torch.Generator) -> None:

@@ -292,3 +292,14 @@ def test_flux_memory_estimate_counts_the_transformers_parameters(bas, flux):
     targets = bas.module("nodes.comfy_model.flux").LORA_TARGETS
     linears = [m for path, m in model.named_modules() if targets.match(path)]
     assert shape.lora_parameters(4) == sum(4 * (m.in_features + m.out_features) for m in linears)
+    # the patched copies phase 2 keeps: every adapted weight, or with checkpointing one block's
+    assert shape.target_parameters(False) == sum(m.weight.numel() for m in linears)
+    double = [m for path, m in model.named_modules() if targets.match(path) and path.startswith("double_blocks.0.")]
+    assert shape.target_parameters(True) == sum(m.weight.numel() for m in double)      # the larger block
+    # and the node plans with the same figures (its own layer walk)
+    weights = bas.module("nodes.comfy_model.weights").TrainableWeights
+    parts = bas.module("nodes.comfy_model.flux").FluxParts(flux.model)
+    planned = weights.phase2_bytes(parts.trainable_layers(), targets, "lora", 4, parts.checkpoint_modules(), 2)
+    fixed = shape.lora_parameters(4) * 16 + 2 * 4 * shape.largest_target()
+    assert shape.largest_target() == max(m.weight.numel() for m in linears)
+    assert planned == {False: fixed + 2 * shape.target_parameters(False), True: fixed + 2 * shape.target_parameters(True)}
