@@ -14,8 +14,13 @@ Each (model, path) runs in its own process with ComfyUI's interpreter, so one ca
           the peak above it is max_memory_allocated during the node minus that.
 
 The models are the random-weight test checkpoints that ComfyUI's own detection reads as SD15 (sd15: three UNet
-levels) and as an SDXL-family model (sdxl_vega: Segmind Vega's depths, full CLIP-L and OpenCLIP-G), built into
-.cache/test_models on first use.
+levels) and as an SDXL-family model (sdxl_vega: Segmind Vega's depths, full CLIP-L and OpenCLIP-G), and random
+Flux transformers at Flux's widths with fewer blocks (flux: 1 double + 1 single, the test model; flux_d4s8: 4 + 8,
+~2.5B parameters), loaded as Load Diffusion Model + DualCLIPLoader + Load VAE do, with small CLIP-L / T5 configs
+(tests/comfy/flux_models.py), all built into .cache/test_models on first use. Flux trains only in place (the
+conversion path never existed for it); its rows also print what ``bas_engine.flux_memory`` estimates above the
+loaded model for that shape (LoRA + Adam + patched weights + activations, gradient checkpointing off / on), beside
+the measurement.
 
     .cache/comfyui-venv/bin/python scripts/comfy_memory.py                       # both models, both paths, 512 px
     .cache/comfyui-venv/bin/python scripts/comfy_memory.py --models sdxl_vega --resolution 1024 --steps 1
@@ -33,7 +38,8 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMFYUI = os.environ.get("COMFYUI_PATH") or os.path.join(os.path.dirname(REPO), "shared", "comfyui")
 PATHS = ("in-place", "conversion")
-FAMILIES = {"sd15": "sd1", "sd15l3": "sd1", "sdxl_vega": "sdxl"}
+#: random Flux transformers by name: (double blocks, single blocks)
+FLUX_SHAPES = {"flux": (1, 1), "flux_d4s8": (4, 8)}
 
 
 def main() -> None:
@@ -51,6 +57,8 @@ def main() -> None:
     rows = []
     for model in args.models.split(","):
         for path in args.paths.split(","):
+            if model in FLUX_SHAPES and path != "in-place":
+                continue                # Flux was never converted: there is no second path to compare
             out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", model, path,
                                   "--resolution", str(args.resolution), "--steps", str(args.steps),
                                   "--threads", str(args.threads)], capture_output=True, text=True)
@@ -76,9 +84,12 @@ def print_table(rows: list[dict], resolution: int, steps: int) -> None:
             continue
         ratio = row["peak_above_bytes"] / row["footprint_bytes"]
         encode = row.get("vae_encode_peak_above_bytes")
+        estimate = row.get("estimate_above_bytes")
         print(f"{row['model']:<12}{row['path']:<12}{row['device']:<8}{row['footprint_bytes'] / gib:>15.2f}"
               f"{row['peak_above_bytes'] / gib:>16.2f}{ratio:>13.2f}"
-              f"{(f'{encode / gib:.2f}' if encode is not None else '-'):>19}")
+              f"{(f'{encode / gib:.2f}' if encode is not None else '-'):>19}"
+              + (f"   estimate above: {estimate['off'] / gib:.2f} (checkpointing off), {estimate['on'] / gib:.2f} (on)"
+                 if estimate else ""))
     by_model = {}
     for row in rows:
         if "error" not in row:
@@ -112,7 +123,6 @@ def worker(model_name: str, path: str, resolution: int, steps: int, threads: int
     from bas_engine.bench import RssSampler
     from comfy_fixtures import cached_checkpoint
 
-    checkpoint = cached_checkpoint(model_name)
     cuda = torch.cuda.is_available()
     trim = (lambda: ctypes.CDLL("libc.so.6").malloc_trim(0)) if not cuda else (lambda: None)
     tmp = os.path.join(REPO, ".cache", "comfy_memory")
@@ -125,8 +135,11 @@ def worker(model_name: str, path: str, resolution: int, steps: int, threads: int
     sampler = RssSampler()
     before = sampler.baseline
     sampler.stop()
-    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(checkpoint, output_vae=True, output_clip=True,
-                                                                embedding_directory=None)
+    if model_name in FLUX_SHAPES:
+        model, clip, vae = _load_flux(model_name)
+    else:
+        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(cached_checkpoint(model_name), output_vae=True,
+                                                                    output_clip=True, embedding_directory=None)
     if cuda:
         mm.load_models_gpu([model, clip.patcher], force_full_load=True)
         footprint = torch.cuda.memory_allocated()
@@ -159,11 +172,47 @@ def worker(model_name: str, path: str, resolution: int, steps: int, threads: int
             raise SystemExit(f"--paths: unknown {path!r}; choose from {', '.join(PATHS)}")
     seconds = time.perf_counter() - started
     peak = (torch.cuda.max_memory_allocated() - footprint) if cuda else sampler.stop()
-    return {"model": model_name, "path": path, "device": "cuda" if cuda else "cpu", "footprint_bytes": footprint,
-            "peak_above_bytes": peak, "vae_encode_peak_above_bytes": max(encode_peaks) if encode_peaks else None,
-            "seconds": round(seconds, 1), "threads": threads,
-            "memory": "cuda max_memory_allocated above the loaded model" if cuda else
-                      "peak RSS above the loaded model, sampled every 5 ms"}
+    row = {"model": model_name, "path": path, "device": "cuda" if cuda else "cpu", "footprint_bytes": footprint,
+           "peak_above_bytes": peak, "vae_encode_peak_above_bytes": max(encode_peaks) if encode_peaks else None,
+           "seconds": round(seconds, 1), "threads": threads,
+           "memory": "cuda max_memory_allocated above the loaded model" if cuda else
+                     "peak RSS above the loaded model, sampled every 5 ms"}
+    if model_name in FLUX_SHAPES:
+        row["estimate_above_bytes"] = _flux_estimate(model, clip, resolution, settings["lora_rank"])
+    return row
+
+
+def _load_flux(name: str):
+    """(MODEL, CLIP, VAE) of the random Flux ``name`` through ComfyUI's own loaders (tests/comfy/flux_models.py)."""
+    sys.path.insert(0, os.path.join(REPO, "tests", "comfy"))
+    from comfy_fixtures import CACHE
+    from flux_models import load_flux, save_flux_files
+
+    double, single = FLUX_SHAPES[name]
+    folder = os.path.join(CACHE, "flux-v1" if name == "flux" else f"{name}-v1")    # "flux" is the tests' model
+    return load_flux(save_flux_files(folder, double_blocks=double, single_blocks=single))
+
+
+def _flux_estimate(model, clip, resolution: int, rank: int) -> dict[str, float]:
+    """What ``bas_engine.flux_memory`` estimates above the loaded model (LoRA + Adam + activations) for this
+    transformer's shape and these text encoders, gradient checkpointing off and on."""
+    import torch
+
+    from bas_engine.flux_memory import GIB, FluxShape, training_memory
+
+    net = model.model.diffusion_model
+    stage = clip.cond_stage_model
+    shape = FluxShape(double_blocks=len(net.double_blocks), single_blocks=len(net.single_blocks),
+                      pooled=net.params.vec_in_dim,
+                      t5_parameters=sum(p.numel() for p in stage.t5xxl.parameters()),
+                      clip_l_parameters=sum(p.numel() for p in stage.clip_l.parameters()))
+    element = 2 if model.model.get_dtype() in (torch.bfloat16, torch.float16) else 4
+    estimate = {}
+    for checkpointing in (False, True):
+        parts = training_memory(shape, resolution, rank, checkpointing, element, element, compute_bytes=element)
+        estimate["on" if checkpointing else "off"] = (parts["LoRA + Adam"] + parts["patched weights"]
+                                                      + parts["activations"]) * GIB
+    return estimate
 
 
 def _watch_encoding(path: str, cuda: bool) -> list[int]:

@@ -6,7 +6,9 @@ CUDA, in one table. Nothing is downloaded: every model is built locally with ran
 2. The Trainer node in ComfyUI (in-process, its own loaders and model management) on the SD1.5-shaped test
    checkpoint at 512 px and the SDXL-family (Segmind Vega depths) one at 1024 px, trained in place and, for
    comparison, through the conversion path the node used before (``scripts/comfy_memory.py``): the loaded model's
-   footprint and the peak above it.
+   footprint and the peak above it. And on a random Flux transformer at Flux's widths with 4 double + 8 single
+   blocks at 1024 px (in place only), beside ``bas_engine.flux_memory``'s estimate for that shape, which is what
+   the full Flux dev figures of ``scripts/flux_memory.py`` rest on.
 
     bash scripts/gpu_check.sh                       # on the GPU machine: about 8 minutes
     bash scripts/gpu_check.sh --device cpu --tiny   # the same script on tiny models on the CPU (tested in CI)
@@ -49,7 +51,8 @@ def main() -> int:
         bench += _json_rows(_run(command, env), "matrix", {"preset": preset, "error": "bench failed"})
 
     comfy = []
-    comfy_runs = (("sd15l3", 64), ("sdxl_vega", 64)) if args.tiny else (("sd15l3", 512), ("sdxl_vega", 1024))
+    comfy_runs = ((("sd15l3", 64), ("sdxl_vega", 64), ("flux", 64)) if args.tiny else
+                  (("sd15l3", 512), ("sdxl_vega", 1024), ("flux_d4s8", 1024)))
     comfyui = env.get("COMFYUI_PATH")
     for model, resolution in comfy_runs:
         if not comfyui:
@@ -117,8 +120,14 @@ def print_table(bench: list[dict], comfy: list[dict]) -> None:
     print_rows(node_label, [("node seconds", 16, lambda r: f"{r['seconds']:.1f}"),
                             ("footprint GiB", 16, lambda r: f"{r['footprint_bytes'] / gib:.2f}"),
                             ("peak above GiB", 16, lambda r: f"{r['peak_above_bytes'] / gib:.2f}"),
-                            ("x footprint", 13, lambda r: f"{r['peak_above_bytes'] / r['footprint_bytes']:.2f}")],
-               comfy)
+                            ("x footprint", 13, lambda r: f"{r['peak_above_bytes'] / r['footprint_bytes']:.2f}"),
+                            ("estimate GiB", 16, _estimate)], comfy)
+
+
+def _estimate(row: dict) -> str:
+    """bas_engine.flux_memory's estimate above the loaded model (checkpointing off / on), for the Flux rows."""
+    estimate = row.get("estimate_above_bytes")
+    return f"{estimate['off'] / 2 ** 30:.2f}/{estimate['on'] / 2 ** 30:.2f}" if estimate else "-"
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """scripts/gpu_check.sh, the one script the GPU machine runs, in its CPU mode on tiny models: every part runs
 (the engine's LoRA / full x checkpointing matrix on both tiny presets, the ComfyUI Trainer node in place and through
-the old conversion path on both test checkpoints) and the table and the JSON hold a figure for each.
+the old conversion path on both test checkpoints, and in place on the tiny Flux beside its memory estimate) and the
+table and the JSON hold a figure for each.
 
     COMFYUI_PATH=/work/shared/comfyui .cache/comfyui-venv/bin/python -m pytest -q tests/comfy/test_gpu_check.py
 """
@@ -34,10 +35,12 @@ def test_gpu_check_runs_every_part_on_the_cpu(tmp_path, checkpoint_path):
         assert row["phase1_peak_bytes"] >= 0 and row["phase2_peak_bytes"] >= 0
     comfy = result["comfy"]
     assert {(r["model"], r["path"]) for r in comfy} == {
-        (m, p) for m in ("sd15l3", "sdxl_vega") for p in ("in-place", "conversion")}
+        (m, p) for m in ("sd15l3", "sdxl_vega") for p in ("in-place", "conversion")} | {("flux", "in-place")}
     for row in comfy:
         assert "error" not in row, row
         assert row["footprint_bytes"] > 0 and row["peak_above_bytes"] > 0 and row["device"] == "cpu"
+    flux = next(r for r in comfy if r["model"] == "flux")
+    assert 0 < flux["estimate_above_bytes"]["on"] < flux["estimate_above_bytes"]["off"]
     # one table with a line per bench configuration and per node run
     table = [line for line in out.stdout.splitlines() if line.startswith(("bench ", "node "))]
     assert len(table) == len(bench) + len(comfy)
