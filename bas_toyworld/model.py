@@ -98,6 +98,11 @@ TOY_CONFIGS: dict[str, ToyModelConfig] = {
     # attention blocks start as the identity)
     "v2va": ToyModelConfig(unet_channels=(32, 96, 160), unet_heads=(1, 3, 5), unet_layers=(1, 2, 2),
                            prediction_type="v_prediction", zero_terminal_snr=True, text_at_top=True),
+    # world v3 (issue 22; bas_toyworld/world_v3.py): v2v's design, the one that learned background and colour
+    # (v prediction, zero terminal SNR), trained on the smaller world; same architecture as v2v, so a v2v state
+    # can be forked into it. One UNet step (batch 16, 1 thread, idle machine): 1.15 s (v1's UNet 0.53 s)
+    "v3": ToyModelConfig(unet_channels=(32, 96, 160), unet_heads=(1, 3, 5), unet_layers=(1, 2, 2),
+                         prediction_type="v_prediction", zero_terminal_snr=True),
 }
 
 

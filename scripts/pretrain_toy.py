@@ -46,7 +46,9 @@ from bas_toyworld.model import (  # noqa: E402
     weights_size_mb,
 )
 from bas_toyworld.tokenizer import build_tokenizer, load_tokenizer  # noqa: E402
-from bas_toyworld.world import SHAPES, SceneSpec, caption, random_spec, render_scene  # noqa: E402
+from bas_toyworld.curriculum import parse_curriculum, spec_maker  # noqa: E402
+from bas_toyworld.world import SceneSpec, render_scene  # noqa: E402
+from bas_toyworld.worlds import WORLDS, get_world, write_model_world  # noqa: E402
 
 # Nominal seconds per step with 2 threads on the 2-core dev machine (batch sizes below).
 NOMINAL_VAE_STEP_S = 0.30  # batch 8
@@ -56,12 +58,15 @@ RESERVE_S = 75.0  # saving + preview sampling at the end
 
 
 class SceneStream:
-    """Endless deterministic stream of (images in [-1, 1], captions) from the world."""
+    """Endless deterministic stream of (images in [-1, 1], captions) from the world (v3: of the curriculum's stage
+    at the UNet step given to ``batch``)."""
 
-    def __init__(self, seed: int, count_weights: tuple[float, ...] | None = None):
+    def __init__(self, seed: int, count_weights: tuple[float, ...] | None = None, world: str = "v1",
+                 curriculum: tuple[int, ...] = ()):
         self.spec_rng = np.random.default_rng([seed, 11])
         self.text_rng = np.random.default_rng([seed, 12])
-        self.count_weights = count_weights
+        self.make_spec = spec_maker(world, count_weights, curriculum)
+        self.caption = get_world(world).caption
 
     def state(self) -> dict:
         """The stream's position (both generators), for a resumable checkpoint."""
@@ -71,13 +76,13 @@ class SceneStream:
         self.spec_rng.bit_generator.state = state["spec"]
         self.text_rng.bit_generator.state = state["text"]
 
-    def batch(self, n: int, with_masks: bool = False):
-        """(images (n, 3, 64, 64) in [-1, 1], captions[, object masks (n, 1, 64, 64) float])."""
-        kw = {} if self.count_weights is None else {"count_weights": self.count_weights}
-        specs = [random_spec(self.spec_rng, **kw) for _ in range(n)]
+    def batch(self, n: int, with_masks: bool = False, step: int | None = None):
+        """(images (n, 3, 64, 64) in [-1, 1], captions[, object masks (n, 1, 64, 64) float]); ``step``: the UNet
+        step the batch is for (picks the curriculum's stage; None = the whole world)."""
+        specs = [self.make_spec(self.spec_rng, step) for _ in range(n)]
         rendered = [render_scene(s) for s in specs]
         x = torch.from_numpy(np.stack([r[0] for r in rendered])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        caps = [caption(s, self.text_rng) for s in specs]
+        caps = [self.caption(s, self.text_rng) for s in specs]
         if not with_masks:
             return x, caps
         m = np.stack([np.any(r[1], axis=0) for r in rendered])[:, None]
@@ -195,7 +200,8 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
                     checkpoint=None,
                     checkpoint_every: int = 0,
                     stop_at: int | None = None, saver: StateSaver | None = None, common_state=None,
-                    step_offset: int = 0, resume: dict | None = None, val_every: int = 200) -> EMAModel:
+                    step_offset: int = 0, resume: dict | None = None, val_every: int = 200,
+                    world: str = "v1") -> EMAModel:
     gen = torch.Generator().manual_seed(seed + 1)
     drop_rng = np.random.default_rng([seed, 13])
     opt = torch.optim.AdamW([
@@ -215,7 +221,7 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
     device = next(unet.parameters()).device
     ema.to(device)  # a state is loaded on the CPU
     acp = scheduler.alphas_cumprod
-    val = _validation_batch(vae, tokenizer, scheduler, seed)
+    val = _validation_batch(vae, tokenizer, scheduler, seed, world=world)
     unet.train()
     text_encoder.train()
     t0 = time.time()
@@ -231,10 +237,10 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, g["base"], 100)
         if object_weight != 1.0:
-            x, caps, objects = stream.batch(batch, with_masks=True)
+            x, caps, objects = stream.batch(batch, with_masks=True, step=step)
             objects = objects.to(device)
         else:
-            x, caps = stream.batch(batch)
+            x, caps = stream.batch(batch, step=step)
         x = x.to(device)
         caps = ["" if drop_rng.random() < 0.1 else c for c in caps]  # unconditional for CFG
         ids = tokenizer(caps, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -350,19 +356,21 @@ def object_weighted_mse(pred: torch.Tensor, target: torch.Tensor, objects: torch
     return (weights * err).sum(dim=(1, 2, 3)) / weights.sum(dim=(1, 2, 3))
 
 
-def other_shape(spec: SceneSpec, i: int) -> SceneSpec:
-    """The one-object scene with its object's shape replaced by another one (which one cycles with ``i``)."""
+def other_shape(spec: SceneSpec, i: int, shapes: tuple[str, ...] = WORLDS["v1"].shapes) -> SceneSpec:
+    """The one-object scene with its object's shape replaced by another of ``shapes`` (which one cycles with ``i``)."""
     o = spec.objects[0]
-    return replace(spec, objects=(replace(o, shape=SHAPES[(SHAPES.index(o.shape) + 1 + i % 5) % len(SHAPES)]),))
+    k = len(shapes)
+    return replace(spec, objects=(replace(o, shape=shapes[(shapes.index(o.shape) + 1 + i % (k - 1)) % k]),))
 
 
 @torch.no_grad()
-def _validation_batch(vae, tokenizer, scheduler, seed: int, n: int = 32) -> dict:
+def _validation_batch(vae, tokenizer, scheduler, seed: int, n: int = 32, world: str = "v1") -> dict:
     """Fixed held-out scenes, noise and timesteps (upper half of t, where the caption matters most), and
     one-object scenes with their caption and the same caption naming another shape (t in [200, 800), where
-    outlines form) for the shape gap."""
+    outlines form) for the shape gap. Scenes of the whole ``world`` (not of a curriculum stage)."""
     device = next(vae.parameters()).device
-    stream = SceneStream(seed + 10_000)
+    stream = SceneStream(seed + 10_000, world=world)
+    w = get_world(world)
     x, caps = stream.batch(n)
     gen = torch.Generator().manual_seed(seed + 2)
     lat = vae.encode(x.to(device)).latent_dist.mean * vae.config.scaling_factor
@@ -371,8 +379,8 @@ def _validation_batch(vae, tokenizer, scheduler, seed: int, n: int = 32) -> dict
     enc = lambda texts: tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,  # noqa: E731
                                   truncation=True, return_tensors="pt").input_ids.to(device)
     rng = np.random.default_rng([seed, 10_001])
-    singles = [random_spec(rng, count_weights=(1.0,)) for _ in range(n)]
-    others = [other_shape(s, i) for i, s in enumerate(singles)]
+    singles = [w.random_spec(rng, count_weights=(1.0,)) for _ in range(n)]
+    others = [other_shape(s, i, w.shapes) for i, s in enumerate(singles)]
     x1 = torch.from_numpy(np.stack([render_scene(s)[0] for s in singles])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     lat1 = vae.encode(x1.to(device)).latent_dist.mean * vae.config.scaling_factor
     noise1 = torch.randn(lat1.shape, generator=gen)
@@ -382,7 +390,7 @@ def _validation_batch(vae, tokenizer, scheduler, seed: int, n: int = 32) -> dict
     return {"noisy": scheduler.add_noise(lat, noise, t), "target": target(lat, noise, t), "t": t, "ids": enc(caps),
             "empty": enc([""] * n),
             "shape": {"noisy": scheduler.add_noise(lat1, noise1, t1), "target": target(lat1, noise1, t1), "t": t1,
-                      "ids": enc([caption(s) for s in singles]), "other": enc([caption(s) for s in others])}}
+                      "ids": enc([w.caption(s) for s in singles]), "other": enc([w.caption(s) for s in others])}}
 
 
 @torch.no_grad()
@@ -481,6 +489,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", required=True)
     ap.add_argument("--config", choices=sorted(TOY_CONFIGS), default="v1",
                     help="model design (bas_toyworld.model.TOY_CONFIGS); v1 made the committed weights/toy_sd")
+    ap.add_argument("--world", choices=sorted(WORLDS), default="v1",
+                    help="toy world version to pretrain on (bas_toyworld.worlds; v3: issue 22's smaller world)")
+    ap.add_argument("--curriculum", default=None, metavar="STEPS",
+                    help="world v3: UNet steps at which the curriculum's next stages begin (bas_toyworld.curriculum; "
+                         "e.g. 600,1200,2000: one solid object on white, then textures on plain backgrounds, then "
+                         "all backgrounds, then the whole world)")
+    ap.add_argument("--text-warmup", type=int, default=0, metavar="STEPS",
+                    help="steps of the text encoder's word-separation warm-up before the UNet phase "
+                         "(bas_toyworld.text_warmup; 0 = none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--minutes", type=float, default=40.0)
     ap.add_argument("--no-deadline", action="store_true",
@@ -535,6 +552,13 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"--device {a.device!r} cannot be used here: {exc}")
     if a.val_every < 1:
         ap.error(f"--val-every must be at least 1, got {a.val_every}")
+    if a.text_warmup < 0:
+        ap.error(f"--text-warmup must be 0 or more, got {a.text_warmup}")
+    try:
+        curriculum = parse_curriculum(a.curriculum)
+        spec_maker(a.world, None, curriculum)
+    except ValueError as exc:
+        ap.error(str(exc))
     count_weights = None
     if a.count_weights:
         try:
@@ -597,13 +621,20 @@ def main(argv: list[str] | None = None) -> dict:
     text_encoder = build_text_encoder(cfg, tokenizer)
     scheduler = build_scheduler(cfg)
     log["params"] = {"vae": param_count(vae), "unet": param_count(unet), "text_encoder": param_count(text_encoder)}
-    stream = SceneStream(a.seed, count_weights)
+    stream = SceneStream(a.seed, count_weights, a.world, curriculum)
     phase, seconds_before = "vae", 0.0
     if a.init_from and state is None:
         phase = "unet"
         log.update(init_from(a.init_from, vae, text_encoder))
         print(f"init from {a.init_from}: VAE (scaling_factor {log['vae_scaling_factor']:.4f}) and text encoder",
               flush=True)
+    if state is None and a.text_warmup:
+        # before the UNet phase; on generators of its own, so a run's other random streams are as without it. A kill
+        # during it leaves no state: the rerun starts over (it is minutes).
+        from bas_toyworld.text_warmup import warm_up_text_encoder
+
+        log["text_warmup"] = warm_up_text_encoder(text_encoder.to(device), tokenizer, get_world(a.world),
+                                                  a.text_warmup, a.seed)
     if state is not None:
         grown = set(unet.state_dict()) - set(state["unet"])
         for name, module in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder)):
@@ -657,6 +688,7 @@ def main(argv: list[str] | None = None) -> dict:
             tmp_dir, final = out / ".checkpoint.tmp", out / "checkpoint"
             shutil.rmtree(tmp_dir, ignore_errors=True)
             save_pipeline(tmp_dir, vae, u, t, tokenizer, scheduler)
+            write_model_world(tmp_dir, a.world)
             (tmp_dir / "step.txt").write_text(str(step))
             old = out / ".checkpoint.old"
             shutil.rmtree(old, ignore_errors=True)
@@ -673,13 +705,14 @@ def main(argv: list[str] | None = None) -> dict:
                               checkpoint_every=a.checkpoint_every, stop_at=a.unet_stop_at, saver=saver,
                               common_state=common_state, step_offset=log["vae_steps"],
                               resume=state["phase_state"] if state is not None and phase == "unet" else None,
-                              val_every=a.val_every)
+                              val_every=a.val_every, world=a.world)
     except Halted as halted:
         print(f"halted after step {halted.args[0]} (--halt-at); continue with --resume", flush=True)
         return {"halted_at": halted.args[0]}
     ema.copy_to([p for m in (unet, text_encoder) for p in m.parameters()])
     model_dir = out / "model"
     save_pipeline(model_dir, vae, unet, text_encoder, tokenizer, scheduler)
+    write_model_world(model_dir, a.world)
     log["weights_mb"] = weights_size_mb(model_dir)
     log["train_minutes"] = (seconds_before + time.time() - start) / 60
     if a.preview_seeds > 0:
