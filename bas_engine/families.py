@@ -151,8 +151,10 @@ FLUX = Family(
     context_encoders=("t5xxl",), pooled_encoder="clip_l",
     # ComfyUI's Flux latent format scales and shifts; the adapter uses the model's own process_latent_in
     vae_scaling_factor=0.3611,
-    # the joint attention of the double-stream blocks: image queries against the handle tokens of T5's states
-    # (docs/FLUX.md says why these blocks)
+    # the joint attention of the double-stream blocks: image queries against the handle tokens of T5's states.
+    # Why not the single blocks too: there the text tokens have passed 19 joint attentions and share the image's
+    # weights, so a handle's column is less the handle's own; reasoned, not measured (random weights make no
+    # meaningful map; docs/FLUX.md, "Not measured", says how to measure it on real weights)
     attention_blocks=("double",),
     # 12B parameters: a full fine-tune needs ~200 GB for weights, gradients and Adam's state
     full_finetune=False, diffusers_path=False,
