@@ -252,6 +252,32 @@ def test_flux_all_in_one_checkpoint_trains_in_place(bas, run_node, flux, scene):
     gc.collect()
 
 
+def test_flux_trains_through_fp8_frozen_weights(bas, run_node, flux, scene):
+    """The 24 GB case: Load Diffusion Model with weight_dtype fp8_e4m3fn stores the transformer in fp8 and casts each
+    layer per use; the LoRA wrappers run on the cast weight, train, and the fp8 weights stay as they were."""
+    import nodes as comfy_nodes
+    import folder_paths
+
+    folder_paths.add_model_folder_path("diffusion_models", os.path.dirname(flux.paths["unet"]))
+    with torch.inference_mode():
+        model = comfy_nodes.UNETLoader().load_unet(os.path.basename(flux.paths["unet"]), "fp8_e4m3fn")[0]
+    weights = model.model.diffusion_model.double_blocks[0].img_attn.qkv.weight
+    assert weights.dtype == torch.float8_e4m3fn
+    before = {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
+    concepts = run_node(bas.classes["BreakASceneTrainer"], model=model, clip=flux.clip, vae=flux.vae, scene=scene,
+                        **{**TRAIN, "pack_name": "flux_fp8", "phase1_steps": 1, "phase2_steps": 2}).args[0]
+    pack = concepts.pack
+    ups = [v for k, v in pack.lora.items() if k.endswith(".lora_up")]
+    assert ups and all(torch.isfinite(v).all() for v in ups) and any(v.abs().sum() > 0 for v in ups), \
+        "phase 2 did not train through the fp8 weights"
+    assert all(v.dtype == torch.float32 for v in pack.lora.values() if v.ndim)
+    for key, value in model.model.diffusion_model.state_dict().items():
+        assert value.dtype == before[key].dtype and torch.equal(value.float(), before[key].float()), key
+    del model
+    mm.unload_all_models()
+    gc.collect()
+
+
 # -- bad input --------------------------------------------------------------------------------------------------
 
 def test_flux_with_a_wrong_clip_is_a_clear_error(bas, run_node, flux, scene, checkpoint_path):
