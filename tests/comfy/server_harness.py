@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import copy
 import json
 import os
@@ -773,6 +774,25 @@ class Result:
         return text
 
 
+#: glibc's malloc serving blocks of 64 KiB or more by mmap and trimming freed heap: RSS then follows live memory
+#: (why and the figures: tests/comfy/test_server.py, above its RSS_TOLERANCE)
+SERVER_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+
+
+@contextlib.contextmanager
+def started_server(comfyui_path: str, scene: str = "creature", **options):
+    """A started ComfyServer (``options`` as ComfyServer takes them) with ``scene``'s inputs and SERVER_ENV; stopped
+    and removed afterwards."""
+    server = ComfyServer(comfyui_path, env=dict(SERVER_ENV), **options)
+    try:
+        copy_scene_inputs(server.input_dir, scene)
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        server.cleanup()
+
+
 def patch_inputs(api: dict, class_type: str, **values) -> dict:
     """Set widget values on every node of class_type (in place); returns api."""
     for node in nodes_of(api, class_type):
@@ -782,3 +802,24 @@ def patch_inputs(api: dict, class_type: str, **values) -> dict:
 
 def clone(api: dict) -> dict:
     return copy.deepcopy(api)
+
+
+def run_tiny_extraction(server, api: dict, latent_class: str, timeout: int = 1500) -> list[str]:
+    """Run an extract-and-generate graph as CI affords it (1 + 1 training steps, 64 px, rank 4, 2 sampling
+    steps); asserts it succeeded with non-empty outputs and returns the output files."""
+    patch_inputs(api, "BreakASceneTrainer", phase1_steps=1, phase2_steps=1, resolution=64, lora_rank=4)
+    patch_inputs(api, latent_class, width=64, height=64, batch_size=1)
+    patch_inputs(api, "KSampler", steps=2, seed=0)
+    result = server.run(api, timeout=timeout)
+    assert result.status == "success", f"{result.describe()}\n{server.log_tail()}"
+    files = server.output_files(result)
+    assert files and all(os.path.getsize(f) > 0 for f in files), json.dumps(result.entry.get("outputs"))[:500]
+    return files
+
+
+def read_pack(server, name: str) -> tuple[dict, set[str]]:
+    """(the "bas" metadata, the tensor names) of the pack ``name`` the server saved."""
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(server.packs_dir, f"{name}.safetensors"), framework="pt") as f:
+        return json.loads(f.metadata()["bas"]), set(f.keys())

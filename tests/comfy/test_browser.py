@@ -41,7 +41,7 @@ OURS = ("ComfyUI-Break-A-Scene", "break_a_scene", "BreakAScene", "bas-live", "ba
 @pytest.fixture(scope="module")
 def report():
     server = h.ComfyServer(COMFYUI_PATH, checkpoints={CHECKPOINT: h.fixture_checkpoint("sd15")},
-                           env={"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"})
+                           env=dict(h.SERVER_ENV))
     out = os.path.join(ARTIFACTS, "extract_and_generate")
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)

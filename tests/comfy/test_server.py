@@ -50,7 +50,7 @@ OBJECT_INFO: dict = {}                          # the server's /object_info, fil
 #: MiB.  The tolerance covers that wander (small blocks below the threshold, Python and torch caches, ComfyUI's
 #: output cache); a leaked training copy (fp32 diffusers UNet + text encoder + VAE of the fixture, ~1 GB above
 #: the level before, see the peak) or its optimiser state would be far above it.
-SERVER_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+SERVER_ENV = h.SERVER_ENV
 RSS_TOLERANCE = 200 * 2**20
 
 
