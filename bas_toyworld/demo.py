@@ -20,7 +20,8 @@ from PIL import Image, ImageDraw
 from bas_engine.preview import PALETTE, attention_overlay, mask_overlay
 
 from .extraction import DEFAULT_MODEL, SCORE_HELP, CaseResult, extract_and_score, prompt_cases, toy_config
-from .world import DemoScene, make_demo_scene
+from .world import DemoScene
+from .worlds import get_world, model_world
 
 ZOOM = 3  # 64 px pictures are shown at 192 px
 
@@ -53,7 +54,8 @@ def run_demo(out_dir: str | Path, model_dir: str | Path | None = None, settings:
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    demo = make_demo_scene(settings.scene_seed)
+    world = get_world(model_world(model_dir or DEFAULT_MODEL))       # the scene comes from the model's world
+    demo = world.make_demo_scene(settings.scene_seed)
     names = ", ".join(f"<asset{i}> = {c.phrase()}" for i, c in enumerate(demo.concepts))
     log(f"scene {settings.scene_seed}: {names}, {demo.spec.background} background")
     config = demo_config(settings)
@@ -72,7 +74,8 @@ def run_demo(out_dir: str | Path, model_dir: str | Path | None = None, settings:
         log(f"generating {len(cases)} prompts x {len(settings.image_seeds)} seeds")
 
     log(f"training: phase 1 {config.phase1_steps} steps (handles), phase 2 {config.phase2_steps} steps ({config.mode})")
-    cases = prompt_cases(len(demo.concepts), demo.spec.background, settings.contexts_per_concept)
+    cases = prompt_cases(len(demo.concepts), demo.spec.background, settings.contexts_per_concept,
+                         backgrounds=world.backgrounds)
     run = extract_and_score(demo, config, cases, settings.image_seeds, model_dir=model_dir,
                             sample_steps=settings.sample_steps, guidance=settings.guidance,
                             preview_every=max(1, total // 40), on_progress=on_progress, on_trained=on_trained,

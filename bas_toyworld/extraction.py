@@ -101,9 +101,11 @@ def engine_scene(demo: DemoScene, names: Sequence[str] | None = None, initialize
 
 
 def prompt_cases(n_concepts: int, scene_background: str, contexts_per_concept: int = 1,
-                 pairs: bool = True, max_pairs: int | None = None, seed: int = 0) -> list[PromptCase]:
+                 pairs: bool = True, max_pairs: int | None = None, seed: int = 0,
+                 backgrounds: Sequence[str] = tuple(BACKGROUNDS)) -> list[PromptCase]:
     """Each concept alone, every pair recombined (``max_pairs`` of them drawn with ``seed`` when there are more),
-    and each concept in new contexts (backgrounds other than the scene's), in the training prompt's wording."""
+    and each concept in new contexts (``backgrounds`` other than the scene's: the model's world's), in the training
+    prompt's wording."""
     tok = [f"<asset{i}>" for i in range(n_concepts)]
     cases = [PromptCase("alone", f"a photo of {tok[i]}", (i,)) for i in range(n_concepts)]
     if pairs:
@@ -113,7 +115,7 @@ def prompt_cases(n_concepts: int, scene_background: str, contexts_per_concept: i
             picked = np.random.default_rng([seed, 811]).choice(len(every_pair), max_pairs, replace=False)
             every_pair = [every_pair[k] for k in sorted(picked)]
         cases += [PromptCase("pair", f"a photo of {tok[i]} and {tok[j]}", (i, j)) for i, j in every_pair]
-    others = [bg for bg in BACKGROUNDS if bg != scene_background]
+    others = [bg for bg in backgrounds if bg != scene_background]
     for i in range(n_concepts):
         for k in range(contexts_per_concept):
             bg = others[(i * contexts_per_concept + k) % len(others)]

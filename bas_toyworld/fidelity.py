@@ -89,12 +89,13 @@ def record_field(record: dict, key: str):
     return record.get(key, RECORD_DEFAULTS.get(key))
 
 
-def fidelity_scene(scene_seed: int, masks: str, concepts: int | None = None):
-    """The scene one run trains on: the standard scene (or one of ``concepts`` small concepts) with masks of
-    quality ``masks``."""
-    from .world import make_concept_scene, make_demo_scene, with_masks
+def fidelity_scene(scene_seed: int, masks: str, concepts: int | None = None, world: str = "v1"):
+    """The scene one run trains on: the standard scene of ``world`` (or one of ``concepts`` small concepts, v1's
+    concept-count scenes) with masks of quality ``masks``."""
+    from .world import make_concept_scene, with_masks
+    from .worlds import get_world
 
-    scene = make_demo_scene(scene_seed) if concepts is None else make_concept_scene(scene_seed, concepts)
+    scene = get_world(world).make_demo_scene(scene_seed) if concepts is None else make_concept_scene(scene_seed, concepts)
     return with_masks(scene, masks, seed=scene_seed)
 
 
@@ -103,15 +104,17 @@ def run_one(job: tuple[str, str, int | None, int, int, dict]) -> dict:
     process."""
     import torch
 
-    from .extraction import extract_and_score, prompt_cases
+    from .extraction import DEFAULT_MODEL, extract_and_score, prompt_cases
+    from .worlds import get_world, model_world
 
     variant, masks, concepts, scene_seed, train_seed, raw = job
     settings = FidelitySettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
     torch.set_num_threads(int(os.environ.get("BAS_FIDELITY_THREADS", "1")))
     t0 = time.time()
-    demo = fidelity_scene(scene_seed, masks, concepts)
+    world = model_world(settings.model_dir or DEFAULT_MODEL)
+    demo = fidelity_scene(scene_seed, masks, concepts, world)
     cases = prompt_cases(len(demo.concepts), demo.spec.background, contexts_per_concept=1, max_pairs=MAX_PAIRS,
-                         seed=scene_seed)
+                         seed=scene_seed, backgrounds=get_world(world).backgrounds)
     run = extract_and_score(demo, variant_config(variant, settings, train_seed), cases, settings.image_seeds,
                             model_dir=settings.model_dir, sample_steps=settings.sample_steps,
                             guidance=settings.guidance, preview_every=10)

@@ -21,7 +21,8 @@ from typing import Sequence
 import numpy as np
 
 from .judge import Detection, detect
-from .world import NOVEL_CONCEPTS, ObjectSpec, SceneSpec, caption, random_spec, render_scene
+from .world import ObjectSpec, SceneSpec, render_scene
+from .worlds import get_world, model_world
 
 ATTRIBUTES: tuple[str, ...] = ("shape", "colour", "texture", "background")
 #: every NOVEL_EVERY-th caption asks for a novel concept (attribute combination unseen in pretraining)
@@ -37,18 +38,20 @@ class EvalCase:
     novel: bool
 
 
-def heldout_cases(n: int, seed: int = 0) -> list[EvalCase]:
-    """``n`` single-object captions from a stream of their own (``[seed, 4041]``), canonical wording."""
+def heldout_cases(n: int, seed: int = 0, world: str = "v1") -> list[EvalCase]:
+    """``n`` single-object captions of ``world`` (``bas_toyworld.worlds``) from a stream of their own
+    (``[seed, 4041]``), canonical wording."""
+    w = get_world(world)
     rng = np.random.default_rng([seed, 4041])
     cases = []
     for i in range(n):
-        spec = random_spec(rng, allow_novel=True, count_weights=(1.0,))
+        spec = w.random_spec(rng, allow_novel=True, count_weights=(1.0,))
         novel = i % NOVEL_EVERY == NOVEL_EVERY - 1
         if novel:  # same size, place and background; the concept becomes a novel one
-            c = NOVEL_CONCEPTS[int(rng.integers(len(NOVEL_CONCEPTS)))]
+            c = w.novel_concepts[int(rng.integers(len(w.novel_concepts)))]
             o = spec.objects[0]
             spec = SceneSpec((ObjectSpec(c.shape, c.colour, c.texture, o.size, o.x, o.y, o.scale),), spec.background)
-        cases.append(EvalCase(spec, caption(spec), novel))
+        cases.append(EvalCase(spec, w.caption(spec), novel))
     return cases
 
 
@@ -97,10 +100,11 @@ def reconstruct(vae, images: Sequence[np.ndarray], batch: int = 32) -> list[np.n
 
 
 def toy_eval(pipe, n: int = 200, seed: int = 0, steps: int = 30, guidance: float = 4.0,
-             sheet: str | Path | None = None) -> dict:
-    """Score the model's images and the world's renders of ``n`` held-out captions; the result dict is
-    what `bas toy-eval` prints as its JSON line."""
-    cases = heldout_cases(n, seed)
+             sheet: str | Path | None = None, world: str = "v1") -> dict:
+    """Score the model's images and the world's renders of ``n`` held-out captions of ``world`` (the one the model
+    was trained on); the result dict is what `bas toy-eval` prints as its JSON line. The judge is the same for
+    every world (one renderer); it knows v1's larger vocabulary, so on v3 it can only be stricter."""
+    cases = heldout_cases(n, seed, world)
     images = generate(pipe, [c.caption for c in cases], seed, steps, guidance)
     model_dets = [detect(im) for im in images]
     model_rows = [verdicts(d, c.spec) for d, c in zip(model_dets, cases)]
@@ -123,7 +127,7 @@ def toy_eval(pipe, n: int = 200, seed: int = 0, steps: int = 30, guidance: float
             # objects the judge finds in the model's images (1 asked): 0 = only shapeless blobs or nothing
             "model_objects_mean": float(np.mean([len(d.objects) for d in model_dets])) if model_dets else 0.0,
             "model_no_object": float(np.mean([not d.objects for d in model_dets])) if model_dets else 0.0,
-            "captions": n, "seed": seed, "steps": steps, "guidance": guidance, "targets": TARGETS}
+            "captions": n, "seed": seed, "steps": steps, "guidance": guidance, "targets": TARGETS, "world": world}
 
 
 def format_table(result: dict) -> str:
@@ -135,7 +139,8 @@ def format_table(result: dict) -> str:
     lines.append(f"{'all four':<11} {result['model_all_right']:>6.3f} {'':>6} {result['truth_all_right']:>6.3f}")
     lines.append(f"objects found per model image: {result['model_objects_mean']:.2f} (1 asked); none found in "
                  f"{result['model_no_object']:.1%} (blobs that fit no shape are not objects to the judge)")
-    lines.append(f"({result['captions']} held-out one-object captions, seed {result['seed']}, "
+    lines.append(f"({result['captions']} held-out one-object captions of world {result.get('world', 'v1')}, "
+                 f"seed {result['seed']}, "
                  f"{result['novel_captions']} of them novel concepts; DDIM {result['steps']} steps, "
                  f"guidance {result['guidance']})")
     return "\n".join(lines)
@@ -146,8 +151,9 @@ def run_toy_eval(model_dir: str | Path, n: int, seed: int, steps: int, guidance:
     """Load the model folder, evaluate, print the table and the JSON line; return the result."""
     from .model import load_pipeline
 
+    world = model_world(model_dir)
     pipe = load_pipeline(model_dir)
-    result = toy_eval(pipe, n, seed, steps, guidance, sheet)
+    result = toy_eval(pipe, n, seed, steps, guidance, sheet, world)
     result["model_dir"] = str(model_dir)
     print(format_table(result))
     print(json.dumps(result))
