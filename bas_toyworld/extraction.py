@@ -25,8 +25,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 TOY_MODELS: dict[str, Path] = {"v1": WEIGHTS_DIR / "toy_sd", "v2": WEIGHTS_DIR / "toy_sd_v2",
                                 # world v3 (issue 22, weights/PRETRAIN_V3.md): default only once it meets the targets
                                 "v3": WEIGHTS_DIR / "toy_sd_v3"}
-#: the model `bas demo`, `bas fidelity` and `bas toy-eval` use without --model: switches to "v2" only once its
-#: weights are committed and `bas toy-eval` shows them meeting the targets
+#: the model `bas demo`, `bas fidelity` and `bas toy-eval` use without --model: switches to a newer version only
+#: once its weights are committed and `bas toy-eval` shows them meeting the targets
 DEFAULT_VERSION = "v1"
 DEFAULT_MODEL = TOY_MODELS[DEFAULT_VERSION]
 TOY_RESOLUTION = 64
