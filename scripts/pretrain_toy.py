@@ -18,7 +18,9 @@ Long runs (--config v2, hours) are resumable: with --state-minutes / --state-eve
 (models, EMA, optimizer, every random generator, the scene stream's position, the step, the log) is written
 atomically to OUT/state.pt, and `--resume` continues from it exactly as if the run had not stopped (same
 losses, same weights). Use --no-deadline with explicit --vae-steps/--unet-steps for such runs: a wall-clock
-cut depends on the machine, the step counts do not.
+cut depends on the machine, the step counts do not. Where the state is lost with the machine that held it (it is
+too large for git), `--continue-from CHECKPOINT_DIR` goes on from a checkpoint folder's EMA weights at its step, with
+a new optimizer and random streams: close to the run that wrote it, not the same.
 """
 from __future__ import annotations
 
@@ -62,9 +64,11 @@ class SceneStream:
     at the UNet step given to ``batch``)."""
 
     def __init__(self, seed: int, count_weights: tuple[float, ...] | None = None, world: str = "v1",
-                 curriculum: tuple[int, ...] = ()):
-        self.spec_rng = np.random.default_rng([seed, 11])
-        self.text_rng = np.random.default_rng([seed, 12])
+                 curriculum: tuple[int, ...] = (), start: int = 0):
+        # a run continued at UNet step ``start`` (--continue-from) draws from streams of its own
+        at = [start] if start else []
+        self.spec_rng = np.random.default_rng([seed, 11, *at])
+        self.text_rng = np.random.default_rng([seed, 12, *at])
         self.make_spec = spec_maker(world, count_weights, curriculum)
         self.caption = get_world(world).caption
 
@@ -201,15 +205,21 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
                     checkpoint_every: int = 0,
                     stop_at: int | None = None, saver: StateSaver | None = None, common_state=None,
                     step_offset: int = 0, resume: dict | None = None, val_every: int = 200,
-                    world: str = "v1") -> EMAModel:
-    gen = torch.Generator().manual_seed(seed + 1)
-    drop_rng = np.random.default_rng([seed, 13])
+                    world: str = "v1", start_step: int = 0) -> EMAModel:
+    """The UNet phase, steps ``start_step`` (0, or where --continue-from picks up) to ``steps``; ``resume``: a
+    state's phase part, which continues exactly (optimizer, EMA, generators)."""
+    if start_step:  # a continued run: fresh generators of its own, the optimizer's moments start at zero
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 1, start_step]).generate_state(1)[0]))
+        drop_rng = np.random.default_rng([seed, 13, start_step])
+    else:
+        gen = torch.Generator().manual_seed(seed + 1)
+        drop_rng = np.random.default_rng([seed, 13])
     opt = torch.optim.AdamW([
         {"params": unet.parameters(), "lr": lr, "base": lr},
         {"params": text_encoder.parameters(), "lr": text_lr, "base": text_lr},
     ], betas=(0.9, 0.99), weight_decay=0.01)
     ema = ema_of([unet, text_encoder])
-    hist, first = [], 0
+    hist, first = [], start_step
     if resume is not None:
         opt.load_state_dict(resume["opt"])
         ema.load_state_dict(resume["ema"])
@@ -230,6 +240,7 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
         return {"opt": opt.state_dict(), "ema": ema.state_dict(), "gen": gen.get_state(),
                 "drop_rng": drop_rng.bit_generator.state, "hist": hist, "step": done}
 
+    reached = first
     for step in range(first, steps):
         if (deadline is not None and time.time() > deadline) or (stop_at is not None and step >= stop_at):
             log["unet_truncated_at"] = step
@@ -277,6 +288,7 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
         opt.step()
         ema.step([p for m in (unet, text_encoder) for p in m.parameters()])
         hist.append(loss.item())
+        reached = step + 1
         if step % val_every == 0 or step == steps - 1:
             log["val"].append({"step": step, **_conditioning_gap(unet, text_encoder, val)})
             print(f"[val] {log['val'][-1]}", flush=True)
@@ -289,9 +301,9 @@ def train_diffusion(unet, text_encoder, vae, tokenizer, scheduler, stream: Scene
         if saver is not None:
             saver.tick(step_offset + step + 1, lambda: common_state("unet", phase_state(step + 1)),
                        force=step == steps - 1)
-    log["unet_steps"] = len(hist)
+    log["unet_steps"] = reached  # a continued run's hist starts at its checkpoint's step
     log["unet_loss"] = [float(np.mean(hist[i:i + 50])) for i in range(0, len(hist), 50)]
-    log["unet_s_per_step"] = (time.time() - t0) / max(1, len(hist) - first)
+    log["unet_s_per_step"] = (time.time() - t0) / max(1, reached - first)
     unet.eval()
     text_encoder.eval()
     return ema
@@ -446,6 +458,36 @@ def init_from(model_dir: str, vae, text_encoder) -> dict:
             "init_from": {"model": str(model_dir), "weights_sha256": weights_sha256(model_dir, ("vae", "text_encoder"))}}
 
 
+def continue_from(checkpoint_dir: str, world: str, vae, unet, text_encoder) -> dict:
+    """Load a checkpoint folder (OUT/checkpoint, or a copy of it committed when a session had to end) into the
+    three models and return what the log records, with the UNet step it was written at. It holds the EMA weights
+    only: the run goes on from them with a new optimizer and new random streams, close to but not the same as
+    the run that wrote it (``--resume`` from OUT/state.pt is the exact continuation)."""
+    from bas_toyworld.model import load_pipeline
+    from bas_toyworld.worlds import model_world
+
+    folder = Path(checkpoint_dir)
+    if not (folder / "step.txt").is_file():
+        raise ValueError(f"--continue-from {checkpoint_dir}: not a pretraining checkpoint (no step.txt; "
+                         "OUT/checkpoint folders have one)")
+    if model_world(folder) != world:
+        raise ValueError(f"--continue-from {checkpoint_dir}: a world {model_world(folder)} checkpoint, "
+                         f"this run is --world {world}")
+    pipe = load_pipeline(folder)
+    for name, module in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder)):
+        try:
+            module.load_state_dict(getattr(pipe, name).state_dict())
+        except RuntimeError as exc:
+            raise ValueError(f"--continue-from {checkpoint_dir}: its {name} is not this --config's "
+                             f"({str(exc).splitlines()[0]})") from exc
+    vae.eval()
+    vae.register_to_config(scaling_factor=pipe.vae.config.scaling_factor)
+    step = int((folder / "step.txt").read_text())
+    return {"vae_steps": 0, "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
+            "continued_from": {"model": str(folder), "step": step,
+                               "weights_sha256": weights_sha256(folder, ("unet", "vae", "text_encoder"))}}
+
+
 def write_recipe(model_dir: Path, log: dict, argv: list[str]) -> None:
     """pretrain.json beside the weights: the command and seed that made them, what came out, and the
     weights' sha256, so a committed model says how to reproduce it."""
@@ -468,7 +510,9 @@ def write_recipe(model_dir: Path, log: dict, argv: list[str]) -> None:
         "seed": log["args"]["seed"], "args": log["args"], "machine": f"{platform.machine()}, {log['args']['threads']} threads",
         "vae_steps": log.get("vae_steps"), "unet_steps": log.get("unet_steps"), "planned": log["planned"],
         "truncated": {k: log[k] for k in ("vae_truncated_at", "unet_truncated_at") if k in log},
-        "vae_psnr_db": log.get("vae_psnr_db"), "init_from": log.get("init_from"), "conditioning_gap": log.get("val", [])[-1:],
+        "vae_psnr_db": log.get("vae_psnr_db"), "init_from": log.get("init_from"),
+        # continued from a checkpoint's EMA weights at that step (new optimizer and streams from there on)
+        "continued_from": log.get("continued_from"), "conditioning_gap": log.get("val", [])[-1:],
         "train_minutes": round(log["train_minutes"], 1), "weights_mb": round(log["weights_mb"], 2),
         "weights_sha256": digests, "preview": log.get("preview"),
         # a forked run: the command above up to the step named, then these options changed (--fork --resume)
@@ -544,6 +588,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--init-from", default=None, metavar="MODEL_DIR",
                     help="a model folder of the same world (e.g. bas_toyworld/weights/toy_sd): its VAE is used as "
                          "it is (no VAE phase) and its text encoder is the starting point of the text encoder")
+    ap.add_argument("--continue-from", default=None, metavar="CHECKPOINT_DIR",
+                    help="go on from a checkpoint folder (OUT/checkpoint or a committed copy) at the step after its "
+                         "step.txt, with the same options: its EMA weights, a new optimizer and random streams (for "
+                         "a run whose state.pt was lost; --resume is the exact continuation)")
     a = ap.parse_args(argv)
     try:
         device = torch.device(a.device)
@@ -574,7 +622,9 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"--high-t-share is a share between 0 and 1, got {a.high_t_share}")
     if a.object_weight <= 0:
         ap.error(f"--object-weight must be above 0, got {a.object_weight}")
-    if a.no_deadline and ((a.vae_steps is None and not a.init_from) or a.unet_steps is None):
+    if a.continue_from and a.init_from:
+        ap.error("--continue-from takes all three models from the checkpoint folder: --init-from goes without it")
+    if a.no_deadline and ((a.vae_steps is None and not (a.init_from or a.continue_from)) or a.unet_steps is None):
         ap.error("--no-deadline needs --vae-steps and --unet-steps (the plan from --minutes assumes a deadline)")
 
     start = time.time()
@@ -607,7 +657,7 @@ def main(argv: list[str] | None = None) -> dict:
             ap.error("--resume: options differ from the run that wrote the state: " + ", ".join(
                 f"--{k.replace('_', '-')} {before.get(k)!r} there, {getattr(a, k)!r} here" for k in differ))
     vae_steps, unet_steps = plan(a.minutes)
-    vae_steps = 0 if a.init_from else (a.vae_steps or vae_steps)
+    vae_steps = 0 if (a.init_from or a.continue_from) else (a.vae_steps or vae_steps)
     unet_steps = a.unet_steps or unet_steps
     end = None if a.no_deadline else start + a.minutes * 60 - RESERVE_S
     cfg = TOY_CONFIGS[a.config]
@@ -621,14 +671,21 @@ def main(argv: list[str] | None = None) -> dict:
     text_encoder = build_text_encoder(cfg, tokenizer)
     scheduler = build_scheduler(cfg)
     log["params"] = {"vae": param_count(vae), "unet": param_count(unet), "text_encoder": param_count(text_encoder)}
-    stream = SceneStream(a.seed, count_weights, a.world, curriculum)
-    phase, seconds_before = "vae", 0.0
+    phase, seconds_before, start_step = "vae", 0.0, 0
+    if a.continue_from and state is None:
+        try:
+            log.update(continue_from(a.continue_from, a.world, vae, unet, text_encoder))
+        except (ValueError, OSError) as exc:
+            ap.error(str(exc))
+        phase, start_step = "unet", log["continued_from"]["step"] + 1
+        print(f"continue from {a.continue_from} at UNet step {start_step}", flush=True)
+    stream = SceneStream(a.seed, count_weights, a.world, curriculum, start=start_step)
     if a.init_from and state is None:
         phase = "unet"
         log.update(init_from(a.init_from, vae, text_encoder))
         print(f"init from {a.init_from}: VAE (scaling_factor {log['vae_scaling_factor']:.4f}) and text encoder",
               flush=True)
-    if state is None and a.text_warmup:
+    if state is None and a.text_warmup and not a.continue_from:  # a checkpoint's encoder is past its warm-up
         # before the UNet phase; on generators of its own, so a run's other random streams are as without it. A kill
         # during it leaves no state: the rerun starts over (it is minutes).
         from bas_toyworld.text_warmup import warm_up_text_encoder
@@ -705,7 +762,7 @@ def main(argv: list[str] | None = None) -> dict:
                               checkpoint_every=a.checkpoint_every, stop_at=a.unet_stop_at, saver=saver,
                               common_state=common_state, step_offset=log["vae_steps"],
                               resume=state["phase_state"] if state is not None and phase == "unet" else None,
-                              val_every=a.val_every, world=a.world)
+                              val_every=a.val_every, world=a.world, start_step=start_step)
     except Halted as halted:
         print(f"halted after step {halted.args[0]} (--halt-at); continue with --resume", flush=True)
         return {"halted_at": halted.args[0]}
