@@ -200,7 +200,8 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from .batch import LOG_NAME, BatchInterrupted, discover_scenes, run_batch
+    from .batch import LOG_NAME, BatchInterrupted, run_batch
+    from .batch_scenes import discover_scenes
 
     config = _train_config(args)
     config.validate(len(config.tokens) if config.tokens else 1)      # bad options fail before Ray starts

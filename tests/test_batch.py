@@ -26,7 +26,8 @@ except ImportError as exc:   # the test extra installs it (scripts/setup.sh); a 
     raise ImportError("tests/test_batch.py needs ray: pip install -e '.[test]'") from exc
 
 from bas_engine import cli
-from bas_engine.batch import BatchInterrupted, SceneJob, _CtrlC, discover_scenes, run_batch
+from bas_engine.batch import BatchInterrupted, _CtrlC, run_batch
+from bas_engine.batch_scenes import SceneJob, discover_scenes
 from bas_engine.config import TrainConfig
 from bas_engine.errors import InputError
 from bas_engine.pack import load_pack, read_pack_meta
