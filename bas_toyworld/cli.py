@@ -83,10 +83,15 @@ def cmd_toy_eval(args: argparse.Namespace) -> None:
 
 def _check_toy_model(model: str | None) -> None:
     from .extraction import DEFAULT_MODEL
+    from .worlds import model_world
 
     if model is None and not (DEFAULT_MODEL / "model_index.json").is_file():
         raise BASError(f"the committed toy model is missing at {DEFAULT_MODEL}; reinstall the package or pass --model "
                        "(make one with scripts/pretrain_toy.py)")
+    try:
+        model_world(model or DEFAULT_MODEL)
+    except ValueError as exc:  # a toy_world.json that names no world, or one there is not
+        raise BASError(f"--model: {exc}") from exc
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -118,7 +123,7 @@ def cmd_fidelity(args: argparse.Namespace) -> None:
     unknown = [m for m in masks if m not in MASK_QUALITIES]
     if unknown:
         raise BASError(f"--masks: unknown {unknown}; choose from {list(MASK_QUALITIES)}")
-    concepts = _concept_counts(args.concepts)
+    concepts = _concept_counts(args.concepts, args.model)
     # A sweep multiplies the runs by its length: by default it measures the method, not every ablation.
     sweep = bool(concepts) or len(masks) > 1
     variants = tuple(split_list(args.variants) or (("method",) if sweep else VARIANTS))
@@ -135,14 +140,18 @@ def cmd_fidelity(args: argparse.Namespace) -> None:
     run_fidelity(args.out, settings)
 
 
-def _concept_counts(text: str | None) -> tuple[int, ...]:
-    """--concepts as numbers, or a BASError naming the flag and the bad item."""
-    from .world import MAX_CONCEPTS
+def _concept_counts(text: str | None, model_dir: str | None) -> tuple[int, ...]:
+    """--concepts as numbers (at most what the model's world puts in a scene), or a BASError naming the flag and
+    the bad item."""
+    from .extraction import DEFAULT_MODEL
+    from .worlds import get_world, model_world
 
+    world = get_world(model_world(model_dir or DEFAULT_MODEL))
     counts = []
     for item in split_list(text) or []:
-        if not item.isdigit() or not 1 <= int(item) <= MAX_CONCEPTS:
-            raise BASError(f"--concepts: {item!r} is not a number of concepts from 1 to {MAX_CONCEPTS}")
+        if not item.isdigit() or not 1 <= int(item) <= world.max_concepts:
+            raise BASError(f"--concepts: {item!r} is not a number of concepts from 1 to {world.max_concepts} (the "
+                           f"most the model's world {world.name} puts in one scene)")
         counts.append(int(item))
     if len(set(counts)) != len(counts):
         raise BASError(f"--concepts: {text!r} lists a count twice")

@@ -54,8 +54,8 @@ class FidelitySettings:
     workers: int = 2
     model_dir: str | None = None
     masks: tuple[str, ...] = ("loose",)          # world.MASK_QUALITIES: the masks the method is given
-    # concept-count sweep: scenes of this many small concepts (world.make_concept_scene); () = the standard scenes
-    # (world.make_demo_scene: three large novel concepts)
+    # concept-count sweep: scenes of this many concepts (the model's world's make_concept_scene: v1's are small);
+    # () = the standard scenes (make_demo_scene: three large novel concepts)
     concepts: tuple[int, ...] = ()
 
 
@@ -90,12 +90,13 @@ def record_field(record: dict, key: str):
 
 
 def fidelity_scene(scene_seed: int, masks: str, concepts: int | None = None, world: str = "v1"):
-    """The scene one run trains on: the standard scene of ``world`` (or one of ``concepts`` small concepts, v1's
-    concept-count scenes) with masks of quality ``masks``."""
-    from .world import make_concept_scene, with_masks
+    """The scene one run trains on: the standard scene of ``world`` (or its scene of ``concepts`` concepts) with
+    masks of quality ``masks``."""
+    from .world import with_masks
     from .worlds import get_world
 
-    scene = get_world(world).make_demo_scene(scene_seed) if concepts is None else make_concept_scene(scene_seed, concepts)
+    w = get_world(world)
+    scene = w.make_demo_scene(scene_seed) if concepts is None else w.make_concept_scene(scene_seed, concepts)
     return with_masks(scene, masks, seed=scene_seed)
 
 
@@ -170,8 +171,11 @@ def table(records: Sequence[dict], variants: Sequence[str], masks: Sequence[str]
 
 def check_settings(settings: FidelitySettings) -> None:
     """ValueError naming the setting and the bad value, for the Python API (the CLI checks its flags first)."""
-    from .world import MASK_QUALITIES, MAX_CONCEPTS
+    from .extraction import DEFAULT_MODEL
+    from .world import MASK_QUALITIES
+    from .worlds import get_world, model_world
 
+    world = get_world(model_world(settings.model_dir or DEFAULT_MODEL))
     for name in settings.variants:
         if name not in VARIANTS:
             raise ValueError(f"variants: {name!r} is not one of {list(VARIANTS)}")
@@ -179,8 +183,9 @@ def check_settings(settings: FidelitySettings) -> None:
         if quality not in MASK_QUALITIES:
             raise ValueError(f"masks: {quality!r} is not one of {list(MASK_QUALITIES)}")
     for count in settings.concepts:
-        if not (isinstance(count, int) and 1 <= count <= MAX_CONCEPTS):
-            raise ValueError(f"concepts: {count!r} is not a whole number from 1 to {MAX_CONCEPTS}")
+        if not (isinstance(count, int) and 1 <= count <= world.max_concepts):
+            raise ValueError(f"concepts: {count!r} is not a whole number from 1 to {world.max_concepts} (the most "
+                             f"the model's world {world.name} puts in one scene)")
 
 
 def run_fidelity(out_dir: str | Path, settings: FidelitySettings | None = None,

@@ -39,6 +39,8 @@ SIZE = "large"
 PLAIN_BACKGROUNDS: tuple[str, ...] = ("white", "gray")
 BACKGROUNDS: tuple[str, ...] = PLAIN_BACKGROUNDS + ("beach", "night")
 COUNT_WEIGHTS: tuple[float, ...] = (0.5, 0.25, 0.15, 0.1)  # P(1..4 objects); toy-eval asks for one
+#: concepts one extraction scene holds (``make_concept_scene``): as many objects as pretraining's scenes
+MAX_CONCEPTS = len(COUNT_WEIGHTS)
 
 # Combinations pretraining never shows (every attribute of them is common); distinct shapes and colours, so any
 # three of them fit one demo scene and the judge tells them apart by colour.
@@ -159,7 +161,23 @@ def make_demo_scene(seed: int = 0) -> DemoScene:
     """Three novel v3 concepts (large, not touching) on a random v3 background, with loose masks."""
     rng = np.random.default_rng([seed, 1007, 3])
     picks = rng.choice(len(NOVEL_CONCEPTS), size=3, replace=False)
-    demo = _extraction_scene(rng, [NOVEL_CONCEPTS[i] for i in picks], SIZE)
+    return _on_a_v3_background(_extraction_scene(rng, [NOVEL_CONCEPTS[i] for i in picks], SIZE), rng)
+
+
+def make_concept_scene(seed: int, n_concepts: int) -> DemoScene:
+    """A scene of ``n_concepts`` novel v3 concepts (large, not touching) with loose masks, for ``bas fidelity
+    --concepts`` on a v3 model. At most ``MAX_CONCEPTS``: every v3 object is large, and pretraining's scenes hold
+    four at most."""
+    if not 1 <= n_concepts <= MAX_CONCEPTS:
+        raise ValueError(f"n_concepts must be 1..{MAX_CONCEPTS} in world v3 (its objects are all large; its "
+                         f"scenes hold at most {MAX_CONCEPTS}), got {n_concepts}")
+    rng = np.random.default_rng([seed, n_concepts, 4441, 3])
+    order = rng.permutation(len(NOVEL_CONCEPTS))
+    return _on_a_v3_background(_extraction_scene(rng, [NOVEL_CONCEPTS[i] for i in order[:n_concepts]], SIZE), rng)
+
+
+def _on_a_v3_background(demo: DemoScene, rng: np.random.Generator) -> DemoScene:
+    """``demo`` (made by v1's ``_extraction_scene``) with its background in v3's and its caption v3's."""
     spec = demo.spec
     if spec.background not in BACKGROUNDS:
         # _extraction_scene draws from v1's six backgrounds; v3 has four: redraw it, same objects and masks

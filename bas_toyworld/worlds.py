@@ -34,6 +34,9 @@ class World:
     #: caption(spec, rng=None) -> str: canonical without rng, a paraphrase with it
     caption: Callable[..., str]
     make_demo_scene: Callable[[int], DemoScene]
+    #: make_concept_scene(seed, n) -> DemoScene of n concepts, 1 <= n <= max_concepts (``bas fidelity --concepts``)
+    make_concept_scene: Callable[[int, int], DemoScene]
+    max_concepts: int
 
 
 def _v1_spec(rng: np.random.Generator, allow_novel: bool = False,
@@ -44,9 +47,9 @@ def _v1_spec(rng: np.random.Generator, allow_novel: bool = False,
 
 WORLDS: dict[str, World] = {
     "v1": World("v1", _v1.SHAPES, _v1.TEXTURES, tuple(_v1.BACKGROUNDS), _v1.NOVEL_CONCEPTS, _v1_spec, _v1.caption,
-                _v1.make_demo_scene),
+                _v1.make_demo_scene, _v1.make_concept_scene, _v1.MAX_CONCEPTS),
     "v3": World("v3", _v3.SHAPES, _v3.TEXTURES, _v3.BACKGROUNDS, _v3.NOVEL_CONCEPTS, _v3.random_spec, _v3.caption,
-                _v3.make_demo_scene),
+                _v3.make_demo_scene, _v3.make_concept_scene, _v3.MAX_CONCEPTS),
 }
 
 

@@ -199,3 +199,40 @@ def test_demo_and_fidelity_scenes_come_from_the_models_world():
     from bas_toyworld.world import make_demo_scene
 
     assert fidelity_scene(0, "loose").spec == make_demo_scene(0).spec
+
+
+def test_v3_concept_scenes_hold_up_to_four_large_novel_concepts():
+    assert get_world("v3").max_concepts == v3.MAX_CONCEPTS == 4 and get_world("v1").max_concepts == v1.MAX_CONCEPTS
+    for n in range(1, v3.MAX_CONCEPTS + 1):
+        for seed in range(4):
+            scene = get_world("v3").make_concept_scene(seed, n)
+            assert len(scene.concepts) == len(scene.spec.objects) == len(scene.loose_masks) == n
+            assert all(v3.is_novel(c) for c in scene.concepts)
+            assert all(o.size == v3.SIZE for o in scene.spec.objects) and scene.spec.background in v3.BACKGROUNDS
+            assert len({c.colour for c in scene.concepts}) == n
+            assert scene.caption == v3.caption(scene.spec)
+    assert v3.make_concept_scene(2, 4).spec == v3.make_concept_scene(2, 4).spec != v3.make_concept_scene(3, 4).spec
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="1..4 in world v3"):
+            v3.make_concept_scene(0, bad)
+
+
+def test_the_concept_sweep_is_bounded_by_the_models_world(tmp_path):
+    from bas_engine.errors import BASError
+    from bas_toyworld.cli import _check_toy_model, _concept_counts
+    from bas_toyworld.fidelity import FidelitySettings, check_settings, fidelity_scene
+
+    model = tmp_path / "v3_model"
+    model.mkdir()
+    write_model_world(model, "v3")
+    assert _concept_counts("1,2,4", str(model)) == (1, 2, 4)
+    with pytest.raises(BASError, match="from 1 to 4 .*world v3"):
+        _concept_counts("1,6", str(model))
+    assert _concept_counts("6,8", None) == (6, 8)                      # the default model is v1's
+    check_settings(FidelitySettings(model_dir=str(model), concepts=(1, 4)))
+    with pytest.raises(ValueError, match="from 1 to 4"):
+        check_settings(FidelitySettings(model_dir=str(model), concepts=(8,)))
+    assert fidelity_scene(1, "loose", 3, "v3").spec == v3.make_concept_scene(1, 3).spec
+    (model / WORLD_FILE).write_text('{"world": "v9"}')
+    with pytest.raises(BASError, match="--model: unknown toy world 'v9'"):
+        _check_toy_model(str(model))
