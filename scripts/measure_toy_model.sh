@@ -7,7 +7,8 @@
 # 1. bas toy-eval (200 held-out captions)      -> OUT_DIR/toy_eval.txt (table + JSON line)
 # 2. bas demo                                  -> OUT_DIR/demo/ (report.html, scores.json), OUT_DIR/demo.txt
 # 3. bas fidelity, the six variants            -> OUT_DIR/ablations/ (SCENES x SEEDS runs per variant)
-# 4. bas fidelity --concepts 1,2,3,4,6,8       -> OUT_DIR/concepts/ (+ concepts.png)
+# 4. bas fidelity --concepts 1,2,3,4,6,8       -> OUT_DIR/concepts/ (+ concepts.png); the counts the model's world
+#    puts in one scene (v3: 1,2,3,4), or CONCEPTS
 # 5. bas fidelity --masks exact,...,shifted    -> OUT_DIR/masks/ (+ masks.png)
 # Sizes: ABLATION_SCENES / ABLATION_SEEDS (default 4 x 3), SWEEP_SCENES / SWEEP_SEEDS (default 4 x 2), WORKERS (2).
 # Each step's wall time is in its output (toy-eval and demo: `time`; fidelity: table.md).
@@ -20,6 +21,10 @@ fi
 MODEL=$1
 OUT=$2
 BAS=${BAS:-.venv/bin/bas}
+PY=${PY:-.venv/bin/python}
+# the concept counts the model's world holds (toy_world.json: v1 up to 8, v3 up to 4)
+CONCEPTS=${CONCEPTS:-$("$PY" -c "import sys; from bas_toyworld.worlds import get_world, model_world
+w = get_world(model_world(sys.argv[1])); print(','.join(str(n) for n in (1, 2, 3, 4, 6, 8) if n <= w.max_concepts))" "$MODEL")}
 WORKERS=${WORKERS:-2}
 mkdir -p "$OUT"
 
@@ -47,7 +52,7 @@ step demo demo
 step ablations "$BAS" fidelity --model "$MODEL" --out "$OUT/ablations" --workers "$WORKERS" \
   --scenes "${ABLATION_SCENES:-4}" --seeds "${ABLATION_SEEDS:-3}"
 step concepts "$BAS" fidelity --model "$MODEL" --out "$OUT/concepts" --workers "$WORKERS" \
-  --scenes "${SWEEP_SCENES:-4}" --seeds "${SWEEP_SEEDS:-2}" --concepts 1,2,3,4,6,8
+  --scenes "${SWEEP_SCENES:-4}" --seeds "${SWEEP_SEEDS:-2}" --concepts "$CONCEPTS"
 step masks "$BAS" fidelity --model "$MODEL" --out "$OUT/masks" --workers "$WORKERS" \
   --scenes "${SWEEP_SCENES:-4}" --seeds "${SWEEP_SEEDS:-2}" --masks exact,loose,dilated,eroded,shifted
 echo "[$(date -u +%H:%M)] all done: $OUT"
