@@ -442,19 +442,32 @@ def weights_sha256(model_dir: str | Path, parts: tuple[str, ...]) -> dict[str, s
             for part in parts}
 
 
+def load_parts(model_dir: str | Path, option: str, **modules: torch.nn.Module) -> float:
+    """Load the named parts (``vae``, ``unet``, ``text_encoder``) of a saved model folder into ``modules`` (strict:
+    a ValueError names the part of ``option``'s folder that is not this --config's); the VAE is frozen with the
+    folder's latent scaling factor, which is returned."""
+    from bas_toyworld.model import load_pipeline
+
+    pipe = load_pipeline(model_dir)
+    for name, module in modules.items():
+        try:
+            module.load_state_dict(getattr(pipe, name).state_dict())
+        except RuntimeError as exc:
+            raise ValueError(f"{option} {model_dir}: its {name} is not this --config's "
+                             f"({str(exc).splitlines()[0]})") from exc
+    scaling_factor = float(pipe.vae.config.scaling_factor)
+    modules["vae"].eval()
+    modules["vae"].register_to_config(scaling_factor=scaling_factor)
+    return scaling_factor
+
+
 def init_from(model_dir: str, vae, text_encoder) -> dict:
     """Load the VAE and the text encoder of a saved model folder of the same world into ``vae`` and
     ``text_encoder`` (same architectures: strict loading names any mismatch). The world is unchanged
     between designs, so a VAE that already reconstructs it needs no second training; the text encoder
     starts from what it learned of the captions. Returns what the log records (and the recipe repeats)."""
-    from bas_toyworld.model import load_pipeline
-
-    pipe = load_pipeline(model_dir)
-    vae.load_state_dict(pipe.vae.state_dict())
-    text_encoder.load_state_dict(pipe.text_encoder.state_dict())
-    vae.eval()
-    vae.register_to_config(scaling_factor=pipe.vae.config.scaling_factor)
-    return {"vae_steps": 0, "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
+    scaling_factor = load_parts(model_dir, "--init-from", vae=vae, text_encoder=text_encoder)
+    return {"vae_steps": 0, "vae_scaling_factor": scaling_factor,
             "init_from": {"model": str(model_dir), "weights_sha256": weights_sha256(model_dir, ("vae", "text_encoder"))}}
 
 
@@ -463,27 +476,19 @@ def continue_from(checkpoint_dir: str, world: str, vae, unet, text_encoder) -> d
     three models and return what the log records, with the UNet step it was written at. It holds the EMA weights
     only: the run goes on from them with a new optimizer and new random streams, close to but not the same as
     the run that wrote it (``--resume`` from OUT/state.pt is the exact continuation)."""
-    from bas_toyworld.model import load_pipeline
     from bas_toyworld.worlds import model_world
 
     folder = Path(checkpoint_dir)
     if not (folder / "step.txt").is_file():
         raise ValueError(f"--continue-from {checkpoint_dir}: not a pretraining checkpoint (no step.txt; "
                          "OUT/checkpoint folders have one)")
-    if model_world(folder) != world:
-        raise ValueError(f"--continue-from {checkpoint_dir}: a world {model_world(folder)} checkpoint, "
+    checkpoint_world = model_world(folder)
+    if checkpoint_world != world:
+        raise ValueError(f"--continue-from {checkpoint_dir}: a world {checkpoint_world} checkpoint, "
                          f"this run is --world {world}")
-    pipe = load_pipeline(folder)
-    for name, module in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder)):
-        try:
-            module.load_state_dict(getattr(pipe, name).state_dict())
-        except RuntimeError as exc:
-            raise ValueError(f"--continue-from {checkpoint_dir}: its {name} is not this --config's "
-                             f"({str(exc).splitlines()[0]})") from exc
-    vae.eval()
-    vae.register_to_config(scaling_factor=pipe.vae.config.scaling_factor)
+    scaling_factor = load_parts(folder, "--continue-from", vae=vae, unet=unet, text_encoder=text_encoder)
     step = int((folder / "step.txt").read_text())
-    return {"vae_steps": 0, "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
+    return {"vae_steps": 0, "vae_scaling_factor": scaling_factor,
             "continued_from": {"model": str(folder), "step": step,
                                "weights_sha256": weights_sha256(folder, ("unet", "vae", "text_encoder"))}}
 
@@ -682,7 +687,10 @@ def main(argv: list[str] | None = None) -> dict:
     stream = SceneStream(a.seed, count_weights, a.world, curriculum, start=start_step)
     if a.init_from and state is None:
         phase = "unet"
-        log.update(init_from(a.init_from, vae, text_encoder))
+        try:
+            log.update(init_from(a.init_from, vae, text_encoder))
+        except ValueError as exc:
+            ap.error(str(exc))
         print(f"init from {a.init_from}: VAE (scaling_factor {log['vae_scaling_factor']:.4f}) and text encoder",
               flush=True)
     if state is None and a.text_warmup and not a.continue_from:  # a checkpoint's encoder is past its warm-up
