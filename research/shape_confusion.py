@@ -1,7 +1,8 @@
 """Which shape the judge reads in the base model's images, against the shape the caption asked for.
 
-`bas toy-eval` gives one shape figure; this probe says where it is lost (a confusion table over the held-out
-one-object captions of the model's world, the same captions, seed and sampler as toy-eval). Usage:
+`bas toy-eval` gives one shape figure; this probe says where it is lost: a confusion table over the held-out
+one-object captions of the model's world (toy-eval's captions, seed and sampler), "-" where the judge finds no
+object. Usage:
     python research/shape_confusion.py MODEL_DIR [--captions 48] [--guidance 4] [--threads 1] [--sheet PNG]
 """
 from __future__ import annotations
@@ -18,6 +19,42 @@ from bas_toyworld.toy_eval import generate, heldout_cases
 from bas_toyworld.world import render_scene
 from bas_toyworld.worlds import model_world
 
+NO_OBJECT = "-"
+
+
+def shape_confusion(model_dir: str, captions: int = 48, seed: int = 0, steps: int = 30, guidance: float = 4.0,
+                    sheet: str | None = None) -> Counter:
+    """Counts of (asked shape, shape the judge reads in the object toy-eval would score) over ``captions``
+    held-out captions; ``sheet``: a PNG with each row of world renders above the model's images."""
+    cases = heldout_cases(captions, seed, model_world(model_dir))
+    images = generate(load_pipeline(model_dir), [c.caption for c in cases], seed, steps, guidance)
+    if sheet:
+        truth = [render_scene(c.spec)[0] for c in cases]
+        rows = []
+        for i in range(0, min(48, len(cases)), 8):
+            rows += [truth[i:i + 8], images[i:i + 8]]
+        save_grid(rows, sheet)
+    table: Counter = Counter()
+    for image, case in zip(images, cases):
+        want = case.spec.objects[0].concept
+        objects = detect(image).objects
+        # the object toy_eval.verdicts scores: the one matching the asked concept best
+        best = max(objects, key=lambda o: (o.matches(want), int(o.mask.sum())), default=None)
+        table[(want.shape, best.shape if best is not None else NO_OBJECT)] += 1
+    return table
+
+
+def format_confusion(table: Counter) -> str:
+    """Rows: asked shapes; columns: shapes read."""
+    asked = sorted({k[0] for k in table})
+    read = sorted({k[1] for k in table})
+    header = "asked/read"
+    lines = [f"{header:<12}" + "".join(f"{r:>10}" for r in read) + f"{'right':>8}"]
+    for s in asked:
+        total = sum(table[(s, r)] for r in read)
+        lines.append(f"{s:<12}" + "".join(f"{table[(s, r)]:>10}" for r in read) + f"{table[(s, s)] / total:>8.2f}")
+    return "\n".join(lines)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -26,30 +63,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--guidance", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--sheet", help="also write a PNG: each row's world renders above the model's images")
+    ap.add_argument("--sheet", help="also write a PNG: each row of world renders above the model's images")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    world = model_world(a.model)
-    cases = heldout_cases(a.captions, a.seed, world)
-    images = generate(load_pipeline(a.model), [c.caption for c in cases], a.seed, 30, a.guidance)
-    if a.sheet:
-        truth = [render_scene(c.spec)[0] for c in cases]
-        rows = []
-        for i in range(0, min(48, len(cases)), 8):
-            rows += [truth[i:i + 8], images[i:i + 8]]
-        save_grid(rows, a.sheet)
-    table: Counter = Counter()
-    for im, case in zip(images, cases):
-        want = case.spec.objects[0].concept
-        det = detect(im)
-        best = max(det.objects, key=lambda o: (o.matches(want), int(o.mask.sum())), default=None)
-        table[(want.shape, best.shape if best is not None else "-")] += 1
-    asked = sorted({k[0] for k in table})
-    read = sorted({k[1] for k in table})
-    header = "asked/read"
-    print(f"{header:<12}" + "".join(f"{r:>10}" for r in read))
-    for s in asked:
-        print(f"{s:<12}" + "".join(f"{table[(s, r)]:>10}" for r in read))
+    print(format_confusion(shape_confusion(a.model, a.captions, a.seed, guidance=a.guidance, sheet=a.sheet)))
 
 
 if __name__ == "__main__":

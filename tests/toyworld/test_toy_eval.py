@@ -182,3 +182,23 @@ def test_word_spread_on_the_committed_model():
     result = module.word_spread(str(DEFAULT_MODEL))
     assert set(result) == {"shape", "colour", "texture", "background", "colour@shape"}
     assert all(0.0 < r["spread"] < 2.0 and -1.0 <= r["cosine"] <= 1.0 for r in result.values())
+
+
+def test_shape_confusion_counts_every_caption_once(random_model, tmp_path):
+    """research/shape_confusion.py: one count per caption, in the row of the shape it asked for (toy-eval's captions),
+    and a table with a share right per asked shape."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "research" / "shape_confusion.py"
+    spec = importlib.util.spec_from_file_location("shape_confusion", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sheet = tmp_path / "sheet.png"
+    table = module.shape_confusion(str(random_model), captions=6, steps=2, sheet=str(sheet))
+    assert sum(table.values()) == 6
+    asked = sorted(c.spec.objects[0].shape for c in heldout_cases(6, seed=0))
+    assert sorted(s for (s, _), n in table.items() for _ in range(n)) == asked
+    lines = module.format_confusion(table).splitlines()
+    assert len(lines) == 1 + len(set(asked)) and lines[0].split()[-1] == "right"
+    assert sheet.is_file()
