@@ -8,7 +8,10 @@ same; the UNet has only this difference to draw one word's attribute rather than
 pairwise cosine. Also the colour's spread at the shape word's position: how much of what sits at the shape word
 is the colour before it (a causal encoder mixes earlier words into later positions).
 
-    .venv/bin/python research/word_spread.py MODEL_DIR [MODEL_DIR ...]
+    .venv/bin/python research/word_spread.py MODEL_DIR [MODEL_DIR ...] [--pairs]
+
+``--pairs`` also prints, for each model, the cosine of every pair of its own world's shape words at the shape word's
+position ("a large red striped {shape} on a gray background"): which shapes the encoder leaves closest together.
 """
 from __future__ import annotations
 
@@ -56,9 +59,26 @@ def word_spread(model_dir: str) -> dict[str, dict[str, float]]:
     return out
 
 
+@torch.no_grad()
+def shape_cosines(model_dir: str) -> dict[str, dict[str, float]]:
+    """{shape: {shape: cosine}} of the encoder's outputs at the shape word, over the shapes of the model's world."""
+    from bas_toyworld.worlds import get_world, model_world
+
+    shapes = get_world(model_world(model_dir)).shapes
+    tokenizer = CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer")
+    encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder").float().eval()
+    texts = [f"a large red striped {s} on a gray background" for s in shapes]
+    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    hidden = encoder(ids).last_hidden_state[:, WORD_INDEX["shape"]]
+    unit = hidden / hidden.norm(dim=-1, keepdim=True)
+    cos = (unit @ unit.T).tolist()
+    return {a: {b: round(cos[i][j], 3) for j, b in enumerate(shapes)} for i, a in enumerate(shapes)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="+")
+    p.add_argument("--pairs", action="store_true", help="also the cosine of each pair of the world's shape words")
     a = p.parse_args()
     rows = {m: word_spread(m) for m in a.models}
     keys = list(next(iter(rows.values())))
@@ -66,6 +86,12 @@ def main() -> None:
     for m, r in rows.items():
         print(f"{m[-40:]:40s} " + " ".join(f"{r[k]['spread']:>8.3f} (cos {r[k]['cosine']:.3f})" for k in keys))
     print(json.dumps(rows))
+    if a.pairs:
+        for m in a.models:
+            table = shape_cosines(m)
+            print(f"\n{m}: cosine at the shape word\n{'':10s}" + "".join(f"{b:>10s}" for b in table))
+            for row, cosines in table.items():
+                print(f"{row:10s}" + "".join(f"{c:>10.3f}" for c in cosines.values()))
 
 
 if __name__ == "__main__":

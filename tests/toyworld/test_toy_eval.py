@@ -182,6 +182,10 @@ def test_word_spread_on_the_committed_model():
     result = module.word_spread(str(DEFAULT_MODEL))
     assert set(result) == {"shape", "colour", "texture", "background", "colour@shape"}
     assert all(0.0 < r["spread"] < 2.0 and -1.0 <= r["cosine"] <= 1.0 for r in result.values())
+    pairs = module.shape_cosines(str(DEFAULT_MODEL))  # v1's model: its world's six shapes
+    assert sorted(pairs) == sorted(module.SHAPES) and all(sorted(row) == sorted(pairs) for row in pairs.values())
+    assert all(pairs[s][s] == 1.0 and pairs[s][t] == pairs[t][s] and -1.0 <= pairs[s][t] <= 1.0
+               for s in pairs for t in pairs)
 
 
 def test_shape_confusion_counts_every_caption_once(random_model, tmp_path):
