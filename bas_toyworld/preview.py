@@ -15,7 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from .judge import detect, identity, prompt_fidelity
-from .world import BACKGROUND_PHRASES, NOVEL_CONCEPTS, Concept
+from .world import Concept, ObjectSpec, SceneSpec
+from .worlds import get_world, model_world
+
+#: colours of the preview's seen concepts, one per row (every world has v1's eight colours)
+PREVIEW_COLOURS: tuple[str, ...] = ("red", "blue", "green", "yellow", "purple", "pink")
 
 
 @dataclass(frozen=True)
@@ -25,21 +29,23 @@ class PreviewPrompt:
     background: str | None = None  # scored with judge.prompt_fidelity when set
 
 
-def default_prompts() -> list[PreviewPrompt]:
-    """Seen concepts on several backgrounds, a two-object caption, and two novel concepts (which
-    the base model has never seen as such: expect lower identity there)."""
-    seen = [
-        (Concept("star", "red", "solid"), "large", "white"),
-        (Concept("ring", "blue", "striped"), "large", "beach"),
-        (Concept("square", "green", "dotted"), "large", "night"),
-        (Concept("triangle", "yellow", "checkered"), "large", "gray"),
-        (Concept("cross", "purple", "solid"), "large", "grass"),
-        (Concept("circle", "pink", "striped"), "small", "tiles"),
-    ]
-    out = [PreviewPrompt(f"a {size} {c.phrase()} {BACKGROUND_PHRASES[bg]}", c, bg) for c, size, bg in seen]
-    out.append(PreviewPrompt("a large orange circle and a small cyan cross on the beach", Concept("circle", "orange", "solid"), "beach"))
-    for c in NOVEL_CONCEPTS[:2]:
-        out.append(PreviewPrompt(f"a large {c.phrase()} on a white background", c, "white"))
+def default_prompts(world: str = "v1") -> list[PreviewPrompt]:
+    """In ``world``'s own words and canonical captions: six seen concepts (each shape, the textures and backgrounds
+    in turn), a two-object caption, and two of the world's novel concepts (which the base model has never seen as
+    such: expect lower identity there)."""
+    w = get_world(world)
+
+    def one(concept: Concept, background: str, size: str = "large") -> PreviewPrompt:
+        obj = ObjectSpec(concept.shape, concept.colour, concept.texture, size, 32.0, 32.0)
+        return PreviewPrompt(w.caption(SceneSpec((obj,), background)), concept, background)
+
+    out = [one(Concept(w.shapes[i % len(w.shapes)], colour, w.textures[i % len(w.textures)]),
+               w.backgrounds[i % len(w.backgrounds)]) for i, colour in enumerate(PREVIEW_COLOURS)]
+    first, last, background = w.shapes[0], w.shapes[-1], w.backgrounds[2 % len(w.backgrounds)]
+    pair = SceneSpec((ObjectSpec(first, "orange", "solid", "large", 20.0, 32.0),
+                      ObjectSpec(last, "cyan", "solid", "large", 44.0, 32.0)), background)
+    out.append(PreviewPrompt(w.caption(pair), Concept(first, "orange", "solid"), background))
+    out += [one(c, w.backgrounds[0]) for c in w.novel_concepts[:2]]
     return out
 
 
@@ -94,12 +100,15 @@ def score(rows: list[list[np.ndarray]], prompts: list[PreviewPrompt]) -> list[di
 
 
 def preview(pipe_or_dir, out_png: str | Path, prompts: list[PreviewPrompt] | None = None, n_seeds: int = 6,
-            steps: int = 30, guidance: float = 4.0) -> list[dict]:
-    """Sample, save the grid PNG and a scores JSON next to it; return the scores."""
+            steps: int = 30, guidance: float = 4.0, world: str | None = None) -> list[dict]:
+    """Sample, save the grid PNG and a scores JSON next to it; return the scores. Without ``prompts``, the
+    ``default_prompts`` of ``world`` (default: the model folder's world, or v1 for a pipeline)."""
     from .model import load_pipeline
 
-    pipe = load_pipeline(pipe_or_dir) if isinstance(pipe_or_dir, (str, Path)) else pipe_or_dir
-    prompts = prompts or default_prompts()
+    is_dir = isinstance(pipe_or_dir, (str, Path))
+    pipe = load_pipeline(pipe_or_dir) if is_dir else pipe_or_dir
+    world = world or (model_world(pipe_or_dir) if is_dir else "v1")
+    prompts = prompts or default_prompts(world)
     rows = sample(pipe, [p.text for p in prompts], list(range(n_seeds)), steps, guidance)
     save_grid(rows, out_png, [p.text for p in prompts])
     scores = score(rows, prompts)

@@ -784,7 +784,8 @@ def main(argv: list[str] | None = None) -> dict:
         from bas_toyworld.model import load_pipeline
         from bas_toyworld.preview import preview
 
-        log["preview"] = preview(load_pipeline(model_dir), out / "preview.png", n_seeds=a.preview_seeds, steps=25)
+        log["preview"] = preview(load_pipeline(model_dir), out / "preview.png", n_seeds=a.preview_seeds, steps=25,
+                                 world=a.world)
     log["total_minutes"] = (seconds_before + time.time() - start) / 60
     atomic_write_text(out / "train_log.json", json.dumps(log, indent=1))
     write_recipe(model_dir, log, log["argv"])

@@ -99,3 +99,19 @@ def test_pretrain_script_end_to_end_and_deterministic(tmp_path, pretrain_script)
     pipe = load_pipeline(tmp_path / "a" / "model")
     assert abs(pipe.vae.config.scaling_factor - log["vae_scaling_factor"]) < 1e-6
     assert mod.plan(40)[1] > 1000  # a 40-minute plan trains the UNet for >1000 steps
+
+
+def test_preview_prompts_speak_the_models_world():
+    """The preview asks a model in its own world's words: every concept's shape, texture and background is the
+    world's, each prompt is the world's canonical caption, and the world's novel concepts are there."""
+    from bas_toyworld.preview import default_prompts
+    from bas_toyworld.worlds import WORLDS
+
+    for name, world in WORLDS.items():
+        prompts = default_prompts(name)
+        assert len(prompts) == 9 and {p.concept.shape for p in prompts} == set(world.shapes[:6])
+        for p in prompts:
+            assert p.concept.shape in world.shapes and p.concept.texture in world.textures
+            assert p.background in world.backgrounds and p.concept.shape in p.text and p.concept.colour in p.text
+        assert [p.concept for p in prompts[-2:]] == list(world.novel_concepts[:2])
+    assert all("large" not in p.text for p in default_prompts("v3"))  # v3 has one size and no size word
