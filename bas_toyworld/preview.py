@@ -35,8 +35,8 @@ def default_prompts(world: str = "v1") -> list[PreviewPrompt]:
     such: expect lower identity there)."""
     w = get_world(world)
 
-    def one(concept: Concept, background: str, size: str = "large") -> PreviewPrompt:
-        obj = ObjectSpec(concept.shape, concept.colour, concept.texture, size, 32.0, 32.0)
+    def one(concept: Concept, background: str) -> PreviewPrompt:
+        obj = ObjectSpec(concept.shape, concept.colour, concept.texture, "large", 32.0, 32.0)
         return PreviewPrompt(w.caption(SceneSpec((obj,), background)), concept, background)
 
     out = [one(Concept(w.shapes[i % len(w.shapes)], colour, w.textures[i % len(w.textures)]),

@@ -55,10 +55,17 @@ def heldout_cases(n: int, seed: int = 0, world: str = "v1") -> list[EvalCase]:
     return cases
 
 
+def scored_object(det: Detection, spec: SceneSpec):
+    """The detected object a one-object caption is scored on: the one matching the asked concept best (then the
+    largest); None where the judge found no object."""
+    want = spec.objects[0].concept
+    return max(det.objects, key=lambda o: (o.matches(want), int(o.mask.sum())), default=None)
+
+
 def verdicts(det: Detection, spec: SceneSpec) -> dict[str, bool]:
     """Which of shape / colour / texture / background the image got right for a one-object caption."""
     want = spec.objects[0].concept
-    best = max(det.objects, key=lambda o: (o.matches(want), int(o.mask.sum())), default=None)
+    best = scored_object(det, spec)
     out = {a: best is not None and getattr(best, a) == getattr(want, a) for a in ("shape", "colour", "texture")}
     out["background"] = det.background == spec.background
     return out

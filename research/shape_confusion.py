@@ -15,7 +15,7 @@ import torch
 from bas_toyworld.judge import detect
 from bas_toyworld.model import load_pipeline
 from bas_toyworld.preview import save_grid
-from bas_toyworld.toy_eval import generate, heldout_cases
+from bas_toyworld.toy_eval import generate, heldout_cases, scored_object
 from bas_toyworld.world import render_scene
 from bas_toyworld.worlds import model_world
 
@@ -36,11 +36,8 @@ def shape_confusion(model_dir: str, captions: int = 48, seed: int = 0, steps: in
         save_grid(rows, sheet)
     table: Counter = Counter()
     for image, case in zip(images, cases):
-        want = case.spec.objects[0].concept
-        objects = detect(image).objects
-        # the object toy_eval.verdicts scores: the one matching the asked concept best
-        best = max(objects, key=lambda o: (o.matches(want), int(o.mask.sum())), default=None)
-        table[(want.shape, best.shape if best is not None else NO_OBJECT)] += 1
+        best = scored_object(detect(image), case.spec)  # the object toy-eval's verdicts are about
+        table[(case.spec.objects[0].shape, best.shape if best is not None else NO_OBJECT)] += 1
     return table
 
 

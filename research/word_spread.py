@@ -67,7 +67,7 @@ def shape_cosines(model_dir: str) -> dict[str, dict[str, float]]:
     shapes = get_world(model_world(model_dir)).shapes
     tokenizer = CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer")
     encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder").float().eval()
-    texts = [f"a large red striped {s} on a gray background" for s in shapes]
+    texts = [TEMPLATE.format(**dict(BASE, shape=s, background=BACKGROUND_PHRASES["gray"])) for s in shapes]
     ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
     hidden = encoder(ids).last_hidden_state[:, WORD_INDEX["shape"]]
     unit = hidden / hidden.norm(dim=-1, keepdim=True)
