@@ -176,10 +176,19 @@ def generate_cases(components, pack, demo: DemoScene, cases: Sequence[PromptCase
 
     pipe = build_pipeline(copy.deepcopy(components))  # apply_pack merges into the weights
     apply_pack(pipe, pack)
+    return score_cases(pipe, demo, cases, seeds, steps, guidance)
+
+
+@torch.no_grad()
+def score_cases(pipe, demo: DemoScene, cases: Sequence[PromptCase], seeds: Sequence[int], steps: int = 25,
+                guidance: float = 5.0, prompts: Sequence[str] | None = None) -> list[CaseResult]:
+    """Generate every case for every seed with ``pipe`` and score each image for its case (``prompts``: the text
+    to generate from instead of each case's prompt, e.g. the concepts in words)."""
     results = []
-    for case in cases:
+    for k, case in enumerate(cases):
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        out = pipe([case.prompt] * len(seeds), num_inference_steps=steps, guidance_scale=guidance,
+        text = prompts[k] if prompts is not None else case.prompt
+        out = pipe([text] * len(seeds), num_inference_steps=steps, guidance_scale=guidance,
                    generator=generators, output_type="np").images
         images = [np.clip(np.round(img * 255), 0, 255).astype(np.uint8) for img in out]
         results.append(CaseResult(case, [score_image(img, case, demo, seed) for seed, img in zip(seeds, images)]))

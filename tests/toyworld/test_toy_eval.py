@@ -206,3 +206,60 @@ def test_shape_confusion_counts_every_caption_once(random_model, tmp_path):
     lines = module.format_confusion(table).splitlines()
     assert len(lines) == 1 + len(set(asked)) and lines[0].split()[-1] == "right"
     assert sheet.is_file()
+
+
+def test_demo_sweep_runs_a_variant_and_resumes(random_model, tmp_path, capsys):
+    """research/demo_sweep.py: a variant's text becomes TrainConfig overrides (bad text is a clear error), one short
+    variant trains and is scored with every summary score (and its images drawn on a sheet), and a sweep that finds a
+    variant's record reads it instead of training again."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from bas_toyworld.demo import DemoSettings
+
+    path = Path(__file__).resolve().parents[2] / "research" / "demo_sweep.py"
+    spec = importlib.util.spec_from_file_location("demo_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.parse_variant("hi:phase1_lr=2e-3,mode=full") == ("hi", {"phase1_lr": "2e-3", "mode": "full"})
+    assert module.parse_variant("base:") == ("base", {})
+    with pytest.raises(SystemExit, match="NAME:KEY=VALUE"):
+        module.parse_variant("hi:phase1_lr")
+    small = DemoSettings(phase1_steps=2, phase2_steps=2, image_seeds=(0,), sample_steps=2, contexts_per_concept=1)
+    result = module.run_variant(str(random_model), small, {"phase1_lr": "1e-3", "lr_factor": "2"}, tmp_path / "s.png")
+    assert set(result["scores"]) >= set(module.COLUMNS) and len(result["alone"]) == 3
+    assert (tmp_path / "s.png").is_file()
+    record = tmp_path / "sweep" / "short.json"
+    record.parent.mkdir()
+    record.write_text(json.dumps({"overrides": {}, **result}))
+    sys.argv = ["demo_sweep", "--model", str(random_model), "--out", str(record.parent), "short:"]
+    module.main()  # the record exists: nothing is trained
+    assert "| short {} |" in capsys.readouterr().out
+
+
+def test_word_ceiling_spells_the_handles_out(random_model):
+    """research/word_ceiling.py: every handle of a demo prompt becomes its own concept's words (in the order of the
+    scene's concepts, as the world's captions spell them), and the demo's prompts in words are scored like the demo's
+    (shares in [0, 1]; a mean row over the scenes)."""
+    import importlib.util
+    from pathlib import Path
+
+    from bas_toyworld.demo import DemoSettings
+    from bas_toyworld.worlds import get_world
+
+    path = Path(__file__).resolve().parents[2] / "research" / "word_ceiling.py"
+    spec = importlib.util.spec_from_file_location("word_ceiling", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name in ("v1", "v3"):
+        world = get_world(name)
+        demo = world.make_demo_scene(0)
+        words = module.concept_words(world, demo)
+        assert [w.split()[-1] for w in words] == [c.shape for c in demo.concepts]
+        assert all(c.colour in w and w.startswith("a ") for c, w in zip(demo.concepts, words))
+        assert module.in_words("a photo of <asset1> and <asset0>", words) == f"a photo of {words[1]} and {words[0]}"
+    small = DemoSettings(sample_steps=2, contexts_per_concept=1)
+    result = module.word_ceiling(str(random_model), (0, 1), images=1, settings=small)
+    assert sorted(result, key=str) == [0, 1, "mean"]
+    assert all(0.0 <= result["mean"][k] <= 1.0 for k in module.COLUMNS)
