@@ -64,11 +64,12 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--scenes", default="0", help="demo scene seeds, comma-separated (the demo's is 0)")
     ap.add_argument("--images", type=int, default=8, help="images per prompt (seeds 0..N-1; the demo draws 4)")
+    ap.add_argument("--guidance", type=float, default=DemoSettings.guidance, help="classifier-free guidance scale")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     scenes = tuple(int(s) for s in a.scenes.split(","))
-    result = word_ceiling(a.model, scenes, a.images)
+    result = word_ceiling(a.model, scenes, a.images, DemoSettings(guidance=a.guidance))
     print("| scene | " + " | ".join(COLUMNS) + " |")
     print("|---|" + "---|" * len(COLUMNS))
     for key, row in result.items():
