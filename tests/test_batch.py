@@ -71,6 +71,23 @@ def first_run(ray_session, scenes, tmp_path_factory):
     return result, str(out)
 
 
+@pytest.fixture
+def python_sigint():
+    """Python's own Ctrl-C handler for the test. A suite started in the background by a script (`nohup`, `&` without
+    job control) inherits an ignored SIGINT, and Python then leaves it ignored: a Ctrl-C test would press a key
+    nobody listens to. `bas batch` leaves an ignored SIGINT alone on purpose (the last test below checks it)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _listen_to_sigint() -> None:
+    """In a child before it runs Python: SIGINT back to the default, so the child's Python installs its handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _records(out: str) -> dict[str, dict]:
     with open(os.path.join(out, "batch.jsonl"), encoding="utf-8") as f:
         records = [json.loads(line) for line in f]
@@ -183,7 +200,7 @@ def test_a_killed_worker_is_retried_then_given_up(ray_session, scenes, tmp_path)
     assert not result.ok
 
 
-def test_ctrl_c_cancels_the_rest_and_leaves_no_partial_file(ray_session, scenes, tmp_path):
+def test_ctrl_c_cancels_the_rest_and_leaves_no_partial_file(ray_session, scenes, tmp_path, python_sigint):
     """`bas batch` joins the running Ray (--address); SIGINT after its first pack: exit 130, the finished
     packs load, no temporary file is left, the records say what was cancelled, the workers are gone."""
     out = tmp_path / "out"
@@ -191,7 +208,7 @@ def test_ctrl_c_cancels_the_rest_and_leaves_no_partial_file(ray_session, scenes,
                "--address", ray_session, "--workers", "1", "--phase1-steps", "15", "--phase2-steps", "15",
                "--resolution", "64", "--lora-rank", "4"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=_listen_to_sigint)
     try:
         deadline = time.monotonic() + 240
         while not list(out.glob("*.safetensors")) and time.monotonic() < deadline and process.poll() is None:
@@ -230,7 +247,7 @@ class _CtrlCInAFinalizer:
 
 
 def test_ctrl_c_that_lands_where_exceptions_are_dropped_still_stops_the_batch(ray_session, scenes, tmp_path,
-                                                                               recwarn):
+                                                                               recwarn, python_sigint):
     """run_batch in the main thread: a Ctrl-C delivered inside a finalizer (after the first pack) still
     stops the batch with BatchInterrupted; Python's handler is back in place afterwards."""
     def on_event(kind: str, info: dict) -> None:
@@ -250,7 +267,7 @@ def test_ctrl_c_that_lands_where_exceptions_are_dropped_still_stops_the_batch(ra
                                                                      if r["status"] == "done"]
 
 
-def test_ctrl_c_flag_raises_at_the_check_a_second_press_at_once_and_leaves_other_handlers_alone():
+def test_ctrl_c_flag_raises_at_the_check_a_second_press_at_once_and_leaves_other_handlers_alone(python_sigint):
     with _CtrlC() as ctrl_c:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.01)                        # nothing raised where the signal landed
