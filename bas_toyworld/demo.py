@@ -19,9 +19,11 @@ from PIL import Image, ImageDraw
 
 from bas_engine.preview import PALETTE, attention_overlay, mask_overlay
 
-from .extraction import DEFAULT_MODEL, SCORE_HELP, CaseResult, extract_and_score, prompt_cases, toy_config
+from .extraction import (
+    DEFAULT_MODEL, SCORE_HELP, CaseResult, PromptCase, extract_and_score, prompt_cases, toy_config,
+)
 from .world import DemoScene
-from .worlds import get_world, model_world
+from .worlds import World, get_world, model_world
 
 ZOOM = 3  # 64 px pictures are shown at 192 px
 
@@ -42,6 +44,13 @@ class DemoSettings:
 def demo_config(settings: DemoSettings):
     """The engine settings for the toy: the paper's method at the toy model's 64 px and learning rates."""
     return toy_config(settings.phase1_steps, settings.phase2_steps, settings.mode, settings.train_seed)
+
+
+def demo_cases(world: World, demo: DemoScene, settings: DemoSettings) -> list[PromptCase]:
+    """The demo's prompts for ``demo``: each concept alone, every pair, each concept on
+    ``settings.contexts_per_concept`` of its world's other backgrounds."""
+    return prompt_cases(len(demo.concepts), demo.spec.background, settings.contexts_per_concept,
+                        backgrounds=world.backgrounds)
 
 
 def run_demo(out_dir: str | Path, model_dir: str | Path | None = None, settings: DemoSettings | None = None,
@@ -74,8 +83,7 @@ def run_demo(out_dir: str | Path, model_dir: str | Path | None = None, settings:
         log(f"generating {len(cases)} prompts x {len(settings.image_seeds)} seeds")
 
     log(f"training: phase 1 {config.phase1_steps} steps (handles), phase 2 {config.phase2_steps} steps ({config.mode})")
-    cases = prompt_cases(len(demo.concepts), demo.spec.background, settings.contexts_per_concept,
-                         backgrounds=world.backgrounds)
+    cases = demo_cases(world, demo, settings)
     run = extract_and_score(demo, config, cases, settings.image_seeds, model_dir=model_dir,
                             sample_steps=settings.sample_steps, guidance=settings.guidance,
                             preview_every=max(1, total // 40), on_progress=on_progress, on_trained=on_trained,

@@ -129,14 +129,16 @@ def prompt_cases(n_concepts: int, scene_background: str, contexts_per_concept: i
 TOY_LR_FACTOR = 8.0
 
 
-def toy_config(phase1_steps: int = 400, phase2_steps: int = 400, mode: str = "lora", seed: int = 0, **overrides):
-    """TrainConfig for the toy model: 64 px, phase-2 rates scaled to the toy's pretraining rate."""
+def toy_config(phase1_steps: int = 400, phase2_steps: int = 400, mode: str = "lora", seed: int = 0,
+               lr_factor: float = TOY_LR_FACTOR, **overrides):
+    """TrainConfig for the toy model: 64 px, phase-2 rates the paper's times ``lr_factor`` (the toy's pretraining
+    rate over SD's)."""
     from bas_engine.config import TrainConfig
 
     paper = TrainConfig(mode=mode)
     settings = dict(phase1_steps=phase1_steps, phase2_steps=phase2_steps, mode=mode, resolution=TOY_RESOLUTION,
-                    seed=seed, phase2_lr=paper.denoiser_lr * TOY_LR_FACTOR,
-                    phase2_handle_lr=paper.phase2_handle_lr * TOY_LR_FACTOR)
+                    seed=seed, phase2_lr=paper.denoiser_lr * lr_factor,
+                    phase2_handle_lr=paper.phase2_handle_lr * lr_factor)
     return TrainConfig(**{**settings, **overrides})
 
 

@@ -80,9 +80,11 @@ def save_grid(rows: list[list[np.ndarray]], path: str | Path, labels: list[str] 
             draw.text((2, y), labels[i], fill=(0, 0, 0))
         for j, im in enumerate(row):
             grid.paste(Image.fromarray(im).resize((w, h), Image.NEAREST), (j * (w + 2), y + label_h))
+    from bas_engine.fileio import atomic_save_image
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    atomic_save_image(grid, path)  # a sheet a killed run was writing is not left half-written
     return path
 
 

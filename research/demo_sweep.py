@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from bas_toyworld.demo import DemoSettings
-from bas_toyworld.extraction import TOY_LR_FACTOR, extract_and_score, prompt_cases, toy_config
+from bas_engine.fileio import atomic_write_text
+from bas_toyworld.demo import DemoSettings, demo_cases
+from bas_toyworld.extraction import extract_and_score, toy_config
+from bas_toyworld.preview import save_grid
 from bas_toyworld.worlds import get_world, model_world
 
 COLUMNS = ("identity_alone", "identity_pair", "pair_both_exact", "pair_both_2of3", "identity_context",
@@ -46,42 +47,25 @@ def _value(text: str):
 
 def run_variant(model: str, settings: DemoSettings, overrides: dict[str, str], sheet: Path | None = None) -> dict:
     """Train and score the demo scene with ``overrides``; the summary scores and the wall time (``sheet``: a PNG of
-    every generated image, a row per prompt, written there)."""
+    the scene, then every generated image, a captioned row per prompt, written there)."""
     values = {k: _value(v) for k, v in overrides.items()}
     guidance = float(values.pop("guidance", settings.guidance))
-    factor = float(values.pop("lr_factor", TOY_LR_FACTOR))
     scene_seed = int(values.pop("scene", settings.scene_seed))
-    mode = values.pop("mode", settings.mode)
-    p1 = int(values.pop("phase1_steps", settings.phase1_steps))
-    p2 = int(values.pop("phase2_steps", settings.phase2_steps))
-    config = toy_config(p1, p2, mode, settings.train_seed)
-    values.setdefault("phase2_lr", config.denoiser_lr / TOY_LR_FACTOR * factor)
-    values.setdefault("phase2_handle_lr", config.phase2_handle_lr / TOY_LR_FACTOR * factor)
-    config = toy_config(p1, p2, mode, settings.train_seed, **values)
+    values.setdefault("phase1_steps", settings.phase1_steps)
+    values.setdefault("phase2_steps", settings.phase2_steps)
+    values.setdefault("mode", settings.mode)
+    config = toy_config(seed=settings.train_seed, **values)
     world = get_world(model_world(model))
     demo = world.make_demo_scene(scene_seed)
-    cases = prompt_cases(len(demo.concepts), demo.spec.background, settings.contexts_per_concept,
-                         backgrounds=world.backgrounds)
+    cases = demo_cases(world, demo, settings)
     start = time.time()
     run = extract_and_score(demo, config, cases, settings.image_seeds, model_dir=model,
                             sample_steps=settings.sample_steps, guidance=guidance)
     alone = {r.case.prompt: r.mean("identity") for r in run.results if r.case.kind == "alone"}
     if sheet is not None:
-        save_sheet(demo.image, run.results, sheet)
+        save_grid([[demo.image]] + [[i.image for i in r.images] for r in run.results], sheet,
+                  labels=["scene"] + [r.case.prompt for r in run.results], scale=1)
     return {"scores": run.scores, "alone": alone, "seconds": round(time.time() - start, 1)}
-
-
-def save_sheet(scene_image, results, path: Path) -> None:
-    """The scene, then one row per prompt of its images (64 px each, 2 px apart), as a PNG."""
-    from bas_engine.fileio import atomic_save_image
-
-    width = max(len(r.images) for r in results)
-    sheet = Image.new("RGB", (66 * width, 66 * (len(results) + 1)), "white")
-    sheet.paste(Image.fromarray(scene_image), (0, 0))
-    for row, r in enumerate(results, start=1):
-        for col, img in enumerate(r.images):
-            sheet.paste(Image.fromarray(img.image), (66 * col, 66 * row))
-    atomic_save_image(sheet, path)
 
 
 def main() -> None:
@@ -100,9 +84,7 @@ def main() -> None:
         path = out / f"{name}.json"
         if not path.exists():
             result = run_variant(a.model, DemoSettings(), overrides, out / f"{name}.png")
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"overrides": overrides, **result}, indent=1))
-            tmp.replace(path)
+            atomic_write_text(path, json.dumps({"overrides": overrides, **result}, indent=1))
         rows.append((name, json.loads(path.read_text())))
         print(f"{name}: " + " ".join(f"{k} {rows[-1][1]['scores'][k]:.3f}" for k in COLUMNS), flush=True)
     print("\n| variant | " + " | ".join(COLUMNS) + " | s |")

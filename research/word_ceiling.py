@@ -16,8 +16,8 @@ import re
 import numpy as np
 import torch
 
-from bas_toyworld.demo import DemoSettings
-from bas_toyworld.extraction import load_toy_model, prompt_cases, score_cases, summary_scores
+from bas_toyworld.demo import DemoSettings, demo_cases
+from bas_toyworld.extraction import load_toy_model, score_cases, summary_scores
 from bas_toyworld.world import BACKGROUND_PHRASES, DemoScene, SceneSpec
 from bas_toyworld.worlds import World, get_world, model_world
 
@@ -49,8 +49,7 @@ def word_ceiling(model: str, scenes: tuple[int, ...], images: int, settings: Dem
     out: dict = {}
     for seed in scenes:
         demo = world.make_demo_scene(seed)
-        cases = prompt_cases(len(demo.concepts), demo.spec.background, settings.contexts_per_concept,
-                             backgrounds=world.backgrounds)
+        cases = demo_cases(world, demo, settings)
         words = concept_words(world, demo)
         results = score_cases(pipe, demo, cases, tuple(range(images)), settings.sample_steps, settings.guidance,
                               prompts=[in_words(c.prompt, words) for c in cases])
