@@ -8,7 +8,6 @@ through the CLI (the single-file converter) and through the Trainer node (ComfyU
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -44,21 +43,26 @@ def _variant_unet(base: dict, depth_middle: int) -> dict:
     return {UNET + k: v.contiguous() for k, v in unet.state_dict().items()}
 
 
-@pytest.fixture(scope="module")
-def checkpoints(checkpoint_path, tmp_path_factory):
+@pytest.fixture(scope="module", params=list(KINDS))
+def checkpoint(request, checkpoint_path, tmp_path_factory):
+    """(kind, path) of the checkpoint with that kind of mid block. A parametrised module fixture, so that pytest runs
+    one kind's tests together and each variant (an SDXL-size file) is written, used and removed before the next."""
     from safetensors.torch import load_file, save_file
 
+    kind = request.param
     source = checkpoint_path("sdxl_vega")
+    if KINDS[kind] is None:
+        yield kind, source
+        return
     base = load_file(source)
-    folder = tmp_path_factory.mktemp("mid_blocks")
-    paths = {"transformer": source}
-    for kind in ("resnet-only", "none"):
-        state = {k: v for k, v in base.items() if not k.startswith(UNET)}
-        state.update(_variant_unet(base, KINDS[kind]))
-        paths[kind] = str(folder / f"vega_{kind}.safetensors")
-        save_file(state, paths[kind])
+    state = {k: v for k, v in base.items() if not k.startswith(UNET)}
+    state.update(_variant_unet(base, KINDS[kind]))
     del base
-    return paths
+    path = str(tmp_path_factory.mktemp("mid_blocks") / f"vega_{kind}.safetensors")
+    save_file(state, path)
+    del state
+    yield kind, path
+    os.remove(path)
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +84,11 @@ def _middle(model) -> list[str]:
     return [] if block is None else [type(layer).__name__ for layer in block]
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_comfy_detects_trains_in_place_and_samples(bas, run_node, checkpoints, kind):
+def test_comfy_detects_trains_in_place_and_samples(bas, run_node, checkpoint):
+    kind, path = checkpoint
     with torch.inference_mode():            # as ComfyUI's Load Checkpoint node runs
-        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(checkpoints[kind], output_vae=True,
-                                                                    output_clip=True, embedding_directory=None)
+        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True,
+                                                                    embedding_directory=None)
     try:
         assert type(model.model.model_config).__name__ == "Segmind_Vega"
         assert _middle(model) == {"transformer": ["ResBlock", "SpatialTransformer", "ResBlock"],
@@ -102,28 +106,28 @@ def test_comfy_detects_trains_in_place_and_samples(bas, run_node, checkpoints, k
         mm.unload_all_models()
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_cli_converts_trains_and_samples(checkpoints, scene_dir, tmp_path, kind):
+def test_cli_converts_trains_and_samples(checkpoint, scene_dir, tmp_path):
     from comfy_fixtures import comfy_tokenizer_dir
 
     from bas_engine.cli import main
     from bas_engine.ldm import load_single_file
     from bas_engine.pack import load_pack
 
+    kind, path = checkpoint
     tokenizer = comfy_tokenizer_dir(COMFYUI_PATH)
-    converted = load_single_file(checkpoints[kind], tokenizer)
+    converted = load_single_file(path, tokenizer)
     assert converted.unet.config.mid_block_type == {"transformer": "UNetMidBlock2DCrossAttn",
                                                     "resnet-only": "UNetMidBlock2D", "none": None}[kind]
     del converted
     pack = tmp_path / "pack.safetensors"
-    assert main(["extract", str(scene_dir), "--model", checkpoints[kind], "--tokenizer", tokenizer, "--out", str(pack),
+    assert main(["extract", str(scene_dir), "--model", path, "--tokenizer", tokenizer, "--out", str(pack),
                  "--names", "cat,bowl", "--phase1-steps", "1", "--phase2-steps", "1", "--resolution", "64",
                  "--lora-rank", "4", "--device", "cpu"]) == 0
     trained = load_pack(str(pack))
     assert trained.meta["family"] == "sdxl"
     assert any(k.startswith("unet.mid_block.") for k in trained.lora) == (kind == "transformer")
     out = tmp_path / "images"
-    assert main(["generate", str(pack), "--model", checkpoints[kind], "--tokenizer", tokenizer,
+    assert main(["generate", str(pack), "--model", path, "--tokenizer", tokenizer,
                  "--prompt", "a photo of <cat>", "--out", str(out), "--steps", "2", "--size", "64",
                  "--device", "cpu"]) == 0
     assert len(list(out.glob("*.png"))) == 1

@@ -15,7 +15,7 @@ COMFYUI_PATH = os.environ["COMFYUI_PATH"]      # checked (or defaulted) by conft
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SCRIPT = r'''
-import asyncio, json, os, sys, tempfile
+import asyncio, json, os, sys
 
 class NoDiffusers:
     """Import finder that makes every diffusers module unimportable."""
@@ -36,7 +36,7 @@ import comfy.sd
 import folder_paths
 import nodes as comfy_nodes
 
-root = tempfile.mkdtemp()
+root = os.path.join(os.getcwd(), "comfy")    # the test's tmp_path: its packs go when the test passes
 for name in ("loras", "embeddings"):
     os.makedirs(os.path.join(root, name))
     folder_paths.folder_names_and_paths[name] = ([os.path.join(root, name)], set(folder_paths.supported_pt_extensions))
