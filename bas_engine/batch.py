@@ -4,40 +4,35 @@ The driver (this process) reads the scenes, decides what to skip and writes ever
 actors trains. Each actor loads the model once and then trains scene after scene, so a batch pays one
 model load per worker, not one per scene. Scenes travel to the workers as tensors and packs come back as
 tensors, so only the model path has to exist on the worker machines: scenes and results stay with the
-driver. Ray is an optional dependency (`pip install .[batch]`), imported only inside this module's
-functions; nothing else in the engine imports it.
+driver. Ray is an optional dependency (`pip install .[batch]`), imported only inside functions
+(`batch_worker.import_ray`); nothing outside the batch modules imports it.
 
-The scenes are read by `batch_scenes` (folders and manifests, before anything runs).
+This module is the driver. The scenes are read by `batch_scenes` (folders and manifests, before anything
+runs), the worker is `batch_worker.BatchWorker`, the records and the progress line are `batch_report`.
 
 Results: `OUT/<scene>.safetensors` (atomic, `pack.save_pack`, the same bytes `bas extract` writes for the
 same scene, model and settings) and `OUT/batch.jsonl`, one record per scene.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 import signal
-import socket
-import sys
 import threading
 import time
-import traceback
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .config import TrainConfig
+from .batch_report import BatchResult, Progress, RecordLog
 from .batch_scenes import SceneJob, discover_scenes
+from .batch_worker import BatchWorker, import_ray
+from .config import TrainConfig
 from .errors import BASError, InputError, PackError
 
-LOG_NAME = "batch.jsonl"
 PACK_SUFFIX = ".safetensors"
 #: local Ray's shared-memory object store: packs and scenes pass through it, larger objects spill to disk
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
-#: a progress line at most this often when stderr is not a terminal (CI logs, nohup, cluster job logs)
-LOG_PROGRESS_EVERY_S = 30.0
 
 
 class BatchInterrupted(KeyboardInterrupt):
@@ -46,200 +41,6 @@ class BatchInterrupted(KeyboardInterrupt):
     def __init__(self, result: "BatchResult"):
         super().__init__("batch interrupted")
         self.result = result
-
-
-# -- the worker ---------------------------------------------------------------------------------------
-class BatchWorker:
-    """Ray actor body: loads the model once, then trains one scene per `train` call.
-
-    Errors of a scene come back as a failed result, never as an exception, so a bad scene cannot take the
-    worker down; a model that does not load is reported by `ready`.
-    """
-
-    def __init__(self, model: str, tokenizer: str | None, prediction_type: str | None, device: str | None,
-                 threads: int, cache_dir: str | None):
-        import torch
-
-        from .models import load_model
-
-        torch.set_num_threads(max(1, threads))
-        _quiet_libraries()
-        self.cache_dir = cache_dir
-        self.where = f"{socket.gethostname()}:{os.getpid()}"
-        self.error = None
-        self.fingerprint = None
-        try:
-            if device is None:
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            elif device.startswith("cuda") and not torch.cuda.is_available():
-                raise BASError(f"--device {device}: this worker ({self.where}) sees no CUDA device "
-                               "(give --gpus-per-task, or a CPU device)")
-            self.device = device
-            self.components = load_model(model, tokenizer, prediction_type)
-            self.fingerprint = self.components.fingerprint()
-        except BASError as exc:
-            self.error = str(exc)
-        except Exception as exc:   # noqa: BLE001 - reported to the driver, which stops the batch with it
-            self.error = f"{type(exc).__name__}: {exc}"
-
-    def ready(self) -> dict:
-        """Where this worker runs and the fingerprint of its model (or why the model did not load)."""
-        return {"worker": self.where, "pid": os.getpid(), "fingerprint": self.fingerprint,
-                "device": getattr(self, "device", None), "error": self.error}
-
-    def train(self, scene, config: TrainConfig) -> dict:
-        """Train one scene; {"status": "done", "pack", "seconds"} or {"status": "failed", "error"}."""
-        from .trainer import train
-
-        start = time.perf_counter()
-        result = {"worker": self.where}
-        try:
-            result.update(status="done", pack=train(self.components, scene, config, device=self.device,
-                                                    cache_dir=self.cache_dir))
-        except BASError as exc:
-            result.update(status="failed", error=str(exc))
-        except Exception as exc:   # noqa: BLE001 - e.g. out of memory: this scene fails, the batch goes on
-            result.update(status="failed", error=f"{type(exc).__name__}: {exc}",
-                          traceback=traceback.format_exc(limit=8))
-        result["seconds"] = round(time.perf_counter() - start, 3)
-        return result
-
-
-def _quiet_libraries() -> None:
-    """No per-load progress bars or notices from every worker in the driver's output."""
-    try:
-        import transformers
-
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except ImportError:
-        pass
-    try:
-        import diffusers
-
-        diffusers.utils.logging.set_verbosity_error()
-        diffusers.utils.logging.disable_progress_bar()
-    except ImportError:
-        pass
-
-
-def import_ray():
-    """Ray, or a BASError saying how to install it (it is an optional extra)."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise BASError("bas batch needs Ray: pip install 'comfyui-break-a-scene[batch]' (or pip install 'ray>=2.9')"
-                       ) from exc
-    return ray
-
-
-# -- results ------------------------------------------------------------------------------------------
-@dataclass
-class BatchResult:
-    """What a batch did: one record per scene (as in OUT/batch.jsonl)."""
-
-    out_dir: str
-    records: list[dict]
-    seconds: float = 0.0
-    workers: int = 0
-
-    def count(self, status: str) -> int:
-        return sum(1 for r in self.records if r["status"] == status)
-
-    @property
-    def ok(self) -> bool:
-        """True when no scene failed or was cancelled."""
-        return all(r["status"] in ("done", "skipped") for r in self.records)
-
-    def summary(self) -> str:
-        parts = [f"{self.count(s)} {s}" for s in ("done", "failed", "skipped", "cancelled") if self.count(s)]
-        text = ", ".join(parts) or "nothing to do"
-        if self.count("skipped"):
-            text += " (skipped: already in the output with the same model, scene and settings)"
-        return f"{text}; {len(self.records)} scenes in {_clock(self.seconds)} on {self.workers} worker(s)"
-
-
-class _RecordLog:
-    """OUT/batch.jsonl: a line appended as each scene finishes (one write each, so a crash keeps what was
-    done), then rewritten atomically at the end with exactly one record per scene, in input order."""
-
-    def __init__(self, out_dir: str):
-        self.path = os.path.join(out_dir, LOG_NAME)
-
-    def append(self, record: dict) -> None:
-        line = (json.dumps(record) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
-
-    def finish(self, records: list[dict]) -> None:
-        from .fileio import atomic_write_text
-
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
-
-
-class _Progress:
-    """One bar over the scenes on stderr: done / failed / skipped, scenes per minute, time left.
-
-    On a terminal a tqdm bar; otherwise a plain line at most every LOG_PROGRESS_EVERY_S seconds, so a
-    10,000-scene batch does not fill a log file with carriage-return frames.
-    """
-
-    def __init__(self, total: int, enabled: bool, stream=None):
-        self.total, self.enabled = total, enabled
-        self.stream = stream or sys.stderr
-        self.counts = {"done": 0, "failed": 0, "skipped": 0}
-        self.trained = 0                 # scenes a worker spent time on (the rate ignores instant skips)
-        self.start = time.monotonic()
-        self.last_line = 0.0
-        self.last_printed = -1           # scenes finished at the last plain line
-        self.bar = None
-        if enabled and getattr(self.stream, "isatty", lambda: False)():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="scene", file=self.stream, dynamic_ncols=True,
-                            bar_format="{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} scenes [{elapsed}{postfix}]")
-
-    def status(self) -> str:
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        rate = self.trained / elapsed * 60
-        left = self.total - sum(self.counts.values())
-        eta = f", ~{_clock(left / rate * 60)} left" if rate > 0 and left else ""
-        c = self.counts
-        return f"done {c['done']}, failed {c['failed']}, skipped {c['skipped']}, {rate:.2f} scenes/min{eta}"
-
-    def update(self, status: str, trained: bool) -> None:
-        if status in self.counts:
-            self.counts[status] += 1
-        self.trained += int(trained)
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.set_postfix_str(self.status(), refresh=False)
-            self.bar.update(1)
-        elif time.monotonic() - self.last_line >= LOG_PROGRESS_EVERY_S:
-            self.line()
-
-    def line(self) -> None:
-        self.last_line = time.monotonic()
-        done = sum(self.counts.values())
-        self.last_printed = done
-        print(f"bas batch: {done}/{self.total} scenes ({self.status()})", file=self.stream, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(self.status())
-            self.bar.close()
-        elif self.enabled and self.last_printed != sum(self.counts.values()):
-            self.line()
 
 
 # -- the driver ---------------------------------------------------------------------------------------
@@ -390,8 +191,8 @@ class _Driver:
         self.records: list[dict | None] = [None] * len(jobs)
         self.attempts = [0] * len(jobs)
         self.pending = deque(range(len(jobs)))
-        self.log = _RecordLog(out_dir)
-        self.progress = _Progress(len(jobs), progress)
+        self.log = RecordLog(out_dir)
+        self.progress = Progress(len(jobs), progress)
         self.fingerprint: str | None = None
         self.slots: dict[Any, _Slot] = {}          # ObjectRef of the slot's current call -> slot
         self.count = 0

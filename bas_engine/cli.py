@@ -200,7 +200,8 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from .batch import LOG_NAME, BatchInterrupted, run_batch
+    from .batch import BatchInterrupted, run_batch
+    from .batch_report import LOG_NAME
     from .batch_scenes import discover_scenes
 
     config = _train_config(args)

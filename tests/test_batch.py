@@ -313,10 +313,10 @@ def test_progress_lines_are_rate_limited_off_a_terminal():
     """In a log file (no terminal) a 10,000-scene batch writes a few lines, not one per scene."""
     import io
 
-    from bas_engine.batch import _Progress
+    from bas_engine.batch_report import Progress
 
     stream = io.StringIO()
-    progress = _Progress(1000, enabled=True, stream=stream)
+    progress = Progress(1000, enabled=True, stream=stream)
     for i in range(1000):
         progress.update("done" if i % 10 else "skipped", trained=bool(i % 10))
     progress.close()
