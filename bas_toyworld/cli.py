@@ -116,7 +116,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_fidelity(args: argparse.Namespace) -> None:
     from .fidelity import VARIANTS, FidelitySettings, run_fidelity
-    from .world import MASK_QUALITIES
+    from .mask_quality import MASK_QUALITIES
 
     _check_toy_model(args.model)
     masks = tuple(split_list(args.masks) or ("loose",))

@@ -53,7 +53,7 @@ class FidelitySettings:
     guidance: float = 5.0
     workers: int = 2
     model_dir: str | None = None
-    masks: tuple[str, ...] = ("loose",)          # world.MASK_QUALITIES: the masks the method is given
+    masks: tuple[str, ...] = ("loose",)          # mask_quality.MASK_QUALITIES: the masks the method is given
     # concept-count sweep: scenes of this many concepts (the model's world's make_concept_scene: v1's are small);
     # () = the standard scenes (make_demo_scene: three large novel concepts)
     concepts: tuple[int, ...] = ()
@@ -92,7 +92,7 @@ def record_field(record: dict, key: str):
 def fidelity_scene(scene_seed: int, masks: str, concepts: int | None = None, world: str = "v1"):
     """The scene one run trains on: the standard scene of ``world`` (or its scene of ``concepts`` concepts) with
     masks of quality ``masks``."""
-    from .world import with_masks
+    from .mask_quality import with_masks
     from .worlds import get_world
 
     w = get_world(world)
@@ -172,7 +172,7 @@ def table(records: Sequence[dict], variants: Sequence[str], masks: Sequence[str]
 def check_settings(settings: FidelitySettings) -> None:
     """ValueError naming the setting and the bad value, for the Python API (the CLI checks its flags first)."""
     from .extraction import DEFAULT_MODEL
-    from .world import MASK_QUALITIES
+    from .mask_quality import MASK_QUALITIES
     from .worlds import get_world, model_world
 
     world = get_world(model_world(settings.model_dir or DEFAULT_MODEL))
@@ -194,7 +194,7 @@ def run_fidelity(out_dir: str | Path, settings: FidelitySettings | None = None,
     results.json and, for a sweep, its plot (concepts.png, masks.png)."""
     from bas_engine.fileio import atomic_write_text
 
-    from .world import MASK_QUALITIES
+    from .mask_quality import MASK_QUALITIES
 
     settings = settings or FidelitySettings()
     check_settings(settings)

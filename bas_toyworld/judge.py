@@ -15,10 +15,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .world import (
-    BACKGROUNDS, CHECKER_CELL, COLOURS, DARK, DOT_PERIOD, SHAPE_EXTENTS, SHAPES, SIZES, STRIPE_PERIOD, Concept,
-    ObjectSpec, SceneSpec, dilate4, shape_inside, texture_ink,
-)
+from .render import CHECKER_CELL, DARK, DOT_PERIOD, SHAPE_EXTENTS, STRIPE_PERIOD, shape_inside, texture_ink
+from .vocabulary import BACKGROUNDS, COLOURS, SHAPES, SIZES, Concept, ObjectSpec, SceneSpec
+from .world import dilate4
 
 UNKNOWN = -1
 _OBJ_NAMES: list[str] = list(COLOURS)

@@ -204,7 +204,8 @@ def test_fidelity_tiny_run_and_resume(tmp_path):
 
 
 def test_mask_qualities_for_the_mask_sweep():
-    from bas_toyworld.world import MASK_QUALITIES, make_demo_scene, perturbed_masks, with_masks
+    from bas_toyworld.mask_quality import MASK_QUALITIES, perturbed_masks, with_masks
+    from bas_toyworld.world import make_demo_scene
 
     demo = make_demo_scene(1)
     exact = [np.asarray(m, bool) for m in demo.masks]
