@@ -17,7 +17,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from .components import SDComponents, detect_family
 from .errors import ModelError
-from .ldm import UNET_PREFIX, VAE_PREFIX, _count, diffusers_to_ldm_unet_keys
+from .ldm import UNET_PREFIX, VAE_PREFIX, diffusers_to_ldm_unet_keys
+from .unet_config import _count
 
 #: words that get a single token, so prompts used in tests and demos tokenize compactly
 COMMON_WORDS = ("a photo of and an oil painting next to on the beach object bowl stone figurine bear "
