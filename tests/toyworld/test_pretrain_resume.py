@@ -105,19 +105,21 @@ def test_init_from_takes_the_vae_as_is_and_starts_the_text_encoder_from_it(tmp_p
         (v1 / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
 
 
-def test_object_weighted_mse(pretrain_script):
+def test_object_weighted_mse():
     """The objects' latent pixels and a 1-pixel rim count `weight` times; weight 1 is the plain MSE."""
+    from bas_toyworld.pretraining import object_weighted_mse
+
     pred, target = torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 8)
     target[:, :, 0, 0] = 1.0                     # error only in a background corner
     objects = torch.zeros(1, 1, 16, 16)
     objects[:, :, 8:10, 8:10] = 1.0              # an object at latent pixel (4, 4): it and its rim are 9 pixels
-    plain = pretrain_script.object_weighted_mse(pred, target, objects, 1.0)
+    plain = object_weighted_mse(pred, target, objects, 1.0)
     assert torch.allclose(plain, torch.nn.functional.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)))
-    weighted = pretrain_script.object_weighted_mse(pred, target, objects, 5.0)
+    weighted = object_weighted_mse(pred, target, objects, 5.0)
     assert torch.allclose(weighted, torch.tensor([1.0 / (64 + 4 * 9)]))  # background error, more total weight
     target.zero_()
     target[:, :, 3, 5] = 1.0                     # error on the rim
-    assert torch.allclose(pretrain_script.object_weighted_mse(pred, target, objects, 5.0), torch.tensor([5.0 / 100]))
+    assert torch.allclose(object_weighted_mse(pred, target, objects, 5.0), torch.tensor([5.0 / 100]))
 
 
 def test_fork_continues_a_state_with_other_options(tmp_path, capsys, pretrain_script):
