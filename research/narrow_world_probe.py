@@ -16,22 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))     # pretrain_toy.py, a user script
-from pretrain_toy import loss_weight, other_shape  # noqa: E402
-
-from bas_toyworld.judge import detect  # noqa: E402
-from bas_toyworld.model import load_pipeline  # noqa: E402
-from bas_toyworld.toy_eval import accuracy, generate, verdicts  # noqa: E402
-from bas_toyworld.world import BACKGROUNDS, SIZES, TEXTURES, SceneSpec, caption, random_spec, render_scene  # noqa: E402
+from bas_toyworld.judge import detect
+from bas_toyworld.model import load_pipeline
+from bas_toyworld.pretraining import loss_weight, other_shape
+from bas_toyworld.toy_eval import accuracy, generate, verdicts
+from bas_toyworld.world import BACKGROUNDS, SIZES, TEXTURES, SceneSpec, caption, random_spec, render_scene
 
 GAP_TIMESTEPS = (300, 500, 700, 850, 950)
 

@@ -1,5 +1,6 @@
-"""The pretraining's loss weights (bas_toyworld.pretraining, used by scripts/pretrain_toy.py): epsilon's min-SNR-5 with the capped boost of noisy steps as before, and
-v prediction on the zero-terminal-SNR schedule weighing a wrong x0 by clamp(snr, 1, 5), finite at pure noise."""
+"""The pretraining's loss weights (bas_toyworld.pretraining, used by scripts/pretrain_toy.py): epsilon's min-SNR-5
+with the capped boost of noisy steps as before, and v prediction on the zero-terminal-SNR schedule weighing a wrong
+x0 by clamp(snr, 1, 5), finite at pure noise."""
 import torch
 
 from bas_toyworld.model import TOY_CONFIGS, build_scheduler
