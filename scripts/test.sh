@@ -9,9 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# A first run writes about 20 GB (ComfyUI's venv 6.3 GB, the random-weight fixture models 7.5 GB, .venv 1.6 GB,
-# the tests' temporary files up to ~4 GB at a time). A full disk shows up only deep inside some test ("No space left
-# on device"), so say it here, once for each disk the run writes to.
+# A first run writes about 18 GB (ComfyUI's venv 6.3 GB, the random-weight fixture models 7.5 GB, .venv 1.6 GB, the
+# tests' temporary files up to ~2 GB at a time; measured on a clean clone, 7 Dec 2026). A full disk shows up only
+# deep inside some test ("No space left on device"), so say it here, once for each disk the run writes to.
 need_gb=20
 seen=""
 for dir in "$PWD" "${TMPDIR:-/tmp}"; do
@@ -21,7 +21,7 @@ for dir in "$PWD" "${TMPDIR:-/tmp}"; do
   free_gb=$(df -Pk "$dir" | awk 'NR == 2 {print int($4 / 1048576)}')
   echo "== disk: $free_gb GB free for $dir"
   if [ "$free_gb" -lt "$need_gb" ]; then
-    echo "warning: a first run of the tests writes about $need_gb GB; $dir has $free_gb GB free" >&2
+    echo "warning: a first run of the tests writes about 18 GB; $dir has $free_gb GB free" >&2
   fi
 done
 
