@@ -68,13 +68,13 @@ def run_variant(model: str, settings: DemoSettings, overrides: dict[str, str], s
     return {"scores": run.scores, "alone": alone, "seconds": round(time.time() - start, 1)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("variants", nargs="+", help="NAME:KEY=VALUE,... (NAME: alone is the demo's settings)")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

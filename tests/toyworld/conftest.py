@@ -1,5 +1,5 @@
 """Make the repository root importable, keep test runs to one CPU thread (shared machine), load the pretraining
-script."""
+and research scripts."""
 import sys
 from pathlib import Path
 
@@ -17,12 +17,24 @@ except ImportError:  # the world and judge tests need numpy only
     pass
 
 
-@pytest.fixture
-def pretrain_script():
-    """scripts/pretrain_toy.py as a module (it is a script, not part of a package)."""
+def load_script(relative: str):
+    """The script at ``relative`` (from the repository root) as a module: scripts/ and research/ are not packages."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("pretrain_toy", ROOT / "scripts" / "pretrain_toy.py")
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def pretrain_script():
+    """scripts/pretrain_toy.py as a module."""
+    return load_script("scripts/pretrain_toy.py")
+
+
+@pytest.fixture
+def research_script():
+    """name -> research/<name>.py as a module."""
+    return lambda name: load_script(f"research/{name}.py")

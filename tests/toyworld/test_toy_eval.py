@@ -72,18 +72,12 @@ def test_cli_toy_eval_errors(tmp_path, capsys):
     assert "--model" in capsys.readouterr().err
 
 
-def test_x0_probe_on_the_committed_model():
+def test_x0_probe_on_the_committed_model(research_script):
     """research/x0_probe.py: at low noise the one-step prediction keeps the render's attributes (the judge reads
     them); every timestep asked for gets the four shares."""
-    import importlib.util
-    from pathlib import Path
-
     from bas_toyworld.extraction import DEFAULT_MODEL
 
-    path = Path(__file__).resolve().parents[2] / "research" / "x0_probe.py"
-    spec = importlib.util.spec_from_file_location("x0_probe", path)
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = research_script("x0_probe")
     result = probe.x0_probe(str(DEFAULT_MODEL), scenes=4, timesteps=(50, 900))
     assert sorted(result) == [50, 900]
     assert all(set(acc) == {"shape", "colour", "texture", "background", "model_t"} for acc in result.values())
@@ -94,18 +88,12 @@ def test_x0_probe_on_the_committed_model():
     assert probe.x0_probe(str(DEFAULT_MODEL), scenes=1, timesteps=(900,), sd_noise=True)[900]["model_t"] == 900
 
 
-def test_attention_share_on_the_committed_model():
+def test_attention_share_on_the_committed_model(research_script):
     """research/attention_share.py: one row per cross-attention layer at the model's attention resolutions, shares of
     one softmax (each in [0, 1], the words and the caption's end together at most 1)."""
-    import importlib.util
-    from pathlib import Path
-
     from bas_toyworld.extraction import DEFAULT_MODEL
 
-    path = Path(__file__).resolve().parents[2] / "research" / "attention_share.py"
-    spec = importlib.util.spec_from_file_location("attention_share", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = research_script("attention_share")
     result = module.attention_share(str(DEFAULT_MODEL), t=500, scenes=3)
     assert result and all(name.endswith("attn2") for name in result)
     assert {row["resolution"] for row in result.values()} == {16, 8}  # v1: cross-attention at 16x16 and 8x8
@@ -114,23 +102,17 @@ def test_attention_share_on_the_committed_model():
         assert all(0.0 <= p <= 1.0 for p in parts) and sum(parts) <= 1.0 + 1e-5
 
 
-def test_narrow_world_probe_on_the_committed_model(tmp_path):
+def test_narrow_world_probe_on_the_committed_model(tmp_path, research_script):
     """research/narrow_world_probe.py: the narrowed world holds only what was asked; two fine-tuning steps change the
     UNet (the saved one differs from the model's), the shape gap is measured at every timestep before and after, and
     the judged shares are shares."""
-    import importlib.util
-    from pathlib import Path
-
     import numpy as np
     import torch
     from diffusers import UNet2DConditionModel
 
     from bas_toyworld.extraction import DEFAULT_MODEL
 
-    path = Path(__file__).resolve().parents[2] / "research" / "narrow_world_probe.py"
-    spec = importlib.util.spec_from_file_location("narrow_world_probe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = research_script("narrow_world_probe")
     rng = np.random.default_rng(0)
     for _ in range(20):
         scene = module.narrow_spec(rng, "dotted", "small", "grass")
@@ -156,22 +138,16 @@ def test_narrow_world_probe_on_the_committed_model(tmp_path):
     assert any(not torch.equal(a.float(), b.float()) for a, b in zip(tuned.parameters(), base.parameters()))
 
 
-def test_word_spread_on_the_committed_model():
+def test_word_spread_on_the_committed_model(research_script):
     """research/word_spread.py: the spread of equal vectors is 0 and their cosine 1; on the committed model every
     attribute (and the colour at the shape word) gets a spread and a cosine, and the template puts each word where
     the positions say (the tokenizer keeps every world word one token)."""
-    import importlib.util
-    from pathlib import Path
-
     import torch
     from transformers import CLIPTokenizer
 
     from bas_toyworld.extraction import DEFAULT_MODEL
 
-    path = Path(__file__).resolve().parents[2] / "research" / "word_spread.py"
-    spec = importlib.util.spec_from_file_location("word_spread", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = research_script("word_spread")
     same = module.spread(torch.ones(4, 8))
     assert same["spread"] == 0.0 and same["cosine"] == 1.0
     assert module.spread(torch.eye(4))["cosine"] == 0.0
@@ -188,16 +164,10 @@ def test_word_spread_on_the_committed_model():
                for s in pairs for t in pairs)
 
 
-def test_shape_confusion_counts_every_caption_once(random_model, tmp_path):
+def test_shape_confusion_counts_every_caption_once(random_model, tmp_path, research_script):
     """research/shape_confusion.py: one count per caption, in the row of the shape it asked for (toy-eval's captions),
     and a table with a share right per asked shape."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "research" / "shape_confusion.py"
-    spec = importlib.util.spec_from_file_location("shape_confusion", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = research_script("shape_confusion")
     sheet = tmp_path / "sheet.png"
     table = module.shape_confusion(str(random_model), captions=6, steps=2, sheet=str(sheet))
     assert sum(table.values()) == 6
@@ -208,20 +178,13 @@ def test_shape_confusion_counts_every_caption_once(random_model, tmp_path):
     assert sheet.is_file()
 
 
-def test_demo_sweep_runs_a_variant_and_resumes(random_model, tmp_path, capsys):
+def test_demo_sweep_runs_a_variant_and_resumes(random_model, tmp_path, capsys, research_script):
     """research/demo_sweep.py: a variant's text becomes TrainConfig overrides (bad text is a clear error), one short
     variant trains and is scored with every summary score (and its images drawn on a sheet), and a sweep that finds a
     variant's record reads it instead of training again."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
     from bas_toyworld.demo import DemoSettings
 
-    path = Path(__file__).resolve().parents[2] / "research" / "demo_sweep.py"
-    spec = importlib.util.spec_from_file_location("demo_sweep", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = research_script("demo_sweep")
     assert module.parse_variant("hi:phase1_lr=2e-3,mode=full") == ("hi", {"phase1_lr": "2e-3", "mode": "full"})
     assert module.parse_variant("base:") == ("base", {})
     with pytest.raises(SystemExit, match="NAME:KEY=VALUE"):
@@ -233,25 +196,18 @@ def test_demo_sweep_runs_a_variant_and_resumes(random_model, tmp_path, capsys):
     record = tmp_path / "sweep" / "short.json"
     record.parent.mkdir()
     record.write_text(json.dumps({"overrides": {}, **result}))
-    sys.argv = ["demo_sweep", "--model", str(random_model), "--out", str(record.parent), "short:"]
-    module.main()  # the record exists: nothing is trained
+    module.main(["--model", str(random_model), "--out", str(record.parent), "short:"])  # a record: nothing trains
     assert "| short {} |" in capsys.readouterr().out
 
 
-def test_word_ceiling_spells_the_handles_out(random_model):
+def test_word_ceiling_spells_the_handles_out(random_model, research_script):
     """research/word_ceiling.py: every handle of a demo prompt becomes its own concept's words (in the order of the
     scene's concepts, as the world's captions spell them), and the demo's prompts in words are scored like the demo's
     (shares in [0, 1]; a mean row over the scenes)."""
-    import importlib.util
-    from pathlib import Path
-
     from bas_toyworld.demo import DemoSettings
     from bas_toyworld.worlds import get_world
 
-    path = Path(__file__).resolve().parents[2] / "research" / "word_ceiling.py"
-    spec = importlib.util.spec_from_file_location("word_ceiling", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = research_script("word_ceiling")
     for name in ("v1", "v3"):
         world = get_world(name)
         demo = world.make_demo_scene(0)
