@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from bas_engine.handles import default_tokens
 from bas_engine.preview import PALETTE, attention_overlay, mask_overlay
 
 from .extraction import (
@@ -65,7 +66,7 @@ def run_demo(out_dir: str | Path, model_dir: str | Path | None = None, settings:
     t0 = time.time()
     world = get_world(model_world(model_dir or DEFAULT_MODEL))       # the scene comes from the model's world
     demo = world.make_demo_scene(settings.scene_seed)
-    names = ", ".join(f"<asset{i}> = {c.phrase()}" for i, c in enumerate(demo.concepts))
+    names = ", ".join(f"{token} = {c.phrase()}" for token, c in zip(default_tokens(len(demo.concepts)), demo.concepts))
     log(f"scene {settings.scene_seed}: {names}, {demo.spec.background} background")
     config = demo_config(settings)
     total = config.phase1_steps + config.phase2_steps
@@ -145,7 +146,7 @@ def write_report(out: Path, demo: DemoScene, history, results: list[CaseResult],
     from bas_engine.preview import loss_curve
 
     e = html.escape
-    tokens = [f"<asset{i}>" for i in range(len(demo.concepts))]
+    tokens = default_tokens(len(demo.concepts))
     parts = [f"<h1>Break-A-Scene on a toy scene</h1><p>Scene seed {settings.scene_seed}; model "
              f"{e(str(model_dir or DEFAULT_MODEL.name))}; phase 1 {settings.phase1_steps} + phase 2 "
              f"{settings.phase2_steps} steps ({e(settings.mode)}); training {timings['train_s']:.0f} s, "

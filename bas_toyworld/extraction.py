@@ -106,7 +106,9 @@ def prompt_cases(n_concepts: int, scene_background: str, contexts_per_concept: i
     """Each concept alone, every pair recombined (``max_pairs`` of them drawn with ``seed`` when there are more),
     and each concept in new contexts (``backgrounds`` other than the scene's: the model's world's), in the training
     prompt's wording."""
-    tok = [f"<asset{i}>" for i in range(n_concepts)]
+    from bas_engine.handles import default_tokens
+
+    tok = default_tokens(n_concepts)
     cases = [PromptCase("alone", f"a photo of {tok[i]}", (i,)) for i in range(n_concepts)]
     if pairs:
         every_pair = [(i, j) for i in range(n_concepts) for j in range(i + 1, n_concepts)]

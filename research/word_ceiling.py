@@ -11,11 +11,12 @@ these asks the base model for more than it does with words.
 from __future__ import annotations
 
 import argparse
-import re
 
 import numpy as np
 import torch
 
+from bas_engine.handles import default_tokens
+from bas_engine.pack import HANDLE_RE
 from bas_toyworld.demo import DemoSettings, demo_cases
 from bas_toyworld.extraction import load_toy_model, score_cases, summary_scores
 from bas_toyworld.world import BACKGROUND_PHRASES, DemoScene, SceneSpec
@@ -35,8 +36,9 @@ def concept_words(world: World, demo: DemoScene) -> list[str]:
 
 
 def in_words(prompt: str, words: list[str]) -> str:
-    """``prompt`` with every ``<assetN>`` replaced by the N-th concept's words."""
-    return re.sub(r"<asset(\d+)>", lambda m: words[int(m.group(1))], prompt)
+    """``prompt`` with every handle (the engine's default tokens, ``<asset0>``, ...) replaced by its concept's words."""
+    spelled = dict(zip(default_tokens(len(words)), words))
+    return HANDLE_RE.sub(lambda m: spelled[m.group(0)], prompt)
 
 
 def word_ceiling(model: str, scenes: tuple[int, ...], images: int, settings: DemoSettings | None = None) -> dict:
